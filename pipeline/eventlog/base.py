@@ -1,0 +1,110 @@
+"""The event log contract. Stages depend on `EventLog`; `SqliteEventLog` implements it.
+
+Guarantees every implementation gives (and `tests/eventlog_contract.py` checks):
+- positions are unique, increasing, and never reused; rows are never changed or removed;
+- `append` is atomic: the events, the cursor moves and the checkpoint moves it is given all land, or none do;
+- an event whose dedupe key is already stored is skipped (counted in `AppendResult.skipped`), not an error;
+- `read` streams in position order in bounded batches (constant memory however long the log is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from pipeline.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append, with its envelope."""
+
+    tenant: str
+    entity: str
+    event: Event
+    dedupe_key: str
+    causation: int | None = None
+    mapping_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as stored: the envelope plus the decoded event."""
+
+    position: int
+    recorded_at: datetime
+    tenant: str
+    entity: str
+    type: str
+    schema_version: int
+    event: Event
+    causation: int | None
+    mapping_version: int | None
+    dedupe_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    appended: int
+    skipped: int
+
+
+# (poller name, tenant) -> cursor text ; (stage name, tenant) -> log position
+CursorMoves = Mapping[tuple[str, str], str]
+CheckpointMoves = Mapping[tuple[str, str], int]
+
+
+class EventLog(Protocol):
+    async def append(
+        self,
+        events: Sequence[NewEvent],
+        *,
+        cursors: CursorMoves | None = None,
+        checkpoints: CheckpointMoves | None = None,
+    ) -> AppendResult:
+        """Append `events` and move `cursors` / `checkpoints`, all in one transaction.
+
+        Raises StoreError when the store fails (nothing is written then), CodecError for an unencodable event.
+        """
+        ...
+
+    def read(
+        self,
+        *,
+        after: int = 0,
+        upto: int | None = None,
+        tenant: str | None = None,
+        entity: str | None = None,
+        types: Collection[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        batch_size: int = 1000,
+    ) -> AsyncIterator[StoredEvent]:
+        """Stream events with `after < position <= upto`, recorded in `[since, until)`, in position order."""
+        ...
+
+    async def latest(
+        self, types: Collection[str], *, tenant: str | None = None, entity: str | None = None
+    ) -> dict[tuple[str, str], StoredEvent]:
+        """The latest event of any of `types` for each (tenant, entity)."""
+        ...
+
+    async def get(self, position: int) -> StoredEvent | None:
+        """The event at `position`, or None."""
+        ...
+
+    async def max_position(self) -> int:
+        """The largest position stored (0 for an empty log)."""
+        ...
+
+    async def cursor(self, poller: str, tenant: str) -> str | None:
+        """A poller's cursor for a tenant, or None before its first successful poll."""
+        ...
+
+    async def checkpoint(self, stage: str, tenant: str) -> int:
+        """The last position a stage has handled for a tenant (0 before its first run)."""
+        ...
+
+    async def close(self) -> None: ...

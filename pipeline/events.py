@@ -1,0 +1,272 @@
+"""Event types, their registry, the orjson codec and the upcasters.
+
+Every event is a frozen, slotted dataclass registered under a type name and a schema version. The stored row
+(position, tenant, entity, ...) is a separate envelope: see `pipeline.eventlog.base`.
+
+Three kinds (DESIGN §3):
+- observed: raw records exactly as an API returned them (`*Observed`);
+- command: what should be written where (`*Requested`), made by a pure mapping from an observation;
+- outcome: what the target answered (`CommandSucceeded`, `CommandFailed`, `CommandSkipped`), plus the
+  projector's `MappingFailed` and the operator's `EntityRedriven` and `ReplayRecorded`.
+
+Codec: `encode(event) -> bytes` and `decode(type, version, payload) -> Event`. Decoding an older schema version
+runs the upcasters registered for (type, from_version) in order until the current version is reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import orjson
+
+from pipeline.errors import CodecError
+
+JsonObject = dict[str, Any]
+
+
+class Event:
+    """Base of every event. Subclasses are frozen slotted dataclasses registered with `@register`."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+
+E = TypeVar("E", bound=type[Event])
+_REGISTRY: dict[str, type[Event]] = {}
+_FIELDS: dict[str, tuple[str, ...]] = {}
+Upcaster = Callable[[JsonObject], JsonObject]
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def register(cls: E) -> E:
+    """Class decorator: add an event class to the registry under its TYPE."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} must be a dataclass")
+    name = cls.TYPE
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise TypeError(f"event type {name!r} is registered twice")
+    _REGISTRY[name] = cls
+    _FIELDS[name] = tuple(f.name for f in dataclasses.fields(cls))
+    return cls
+
+
+def upcaster(type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Decorator: register a function turning a payload of `from_version` into `from_version + 1`."""
+
+    def deco(fn: Upcaster) -> Upcaster:
+        _UPCASTERS[(type_name, from_version)] = fn
+        return fn
+
+    return deco
+
+
+def registry() -> dict[str, type[Event]]:
+    return dict(_REGISTRY)
+
+
+def event_class(type_name: str) -> type[Event]:
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        raise CodecError(f"unknown event type {type_name!r}") from None
+
+
+def to_dict(event: Event) -> JsonObject:
+    """The event's fields as a plain dict (shallow: field values are already JSON-shaped)."""
+    return {name: getattr(event, name) for name in _FIELDS[event.TYPE]}
+
+
+def encode(event: Event) -> bytes:
+    try:
+        return orjson.dumps(to_dict(event))
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise CodecError(f"cannot encode {event.TYPE}: {exc}") from exc
+
+
+def decode_dict(type_name: str, version: int, data: JsonObject) -> Event:
+    """Build an event from its payload dict, upcasting older versions first."""
+    cls = event_class(type_name)
+    while version < cls.VERSION:
+        up = _UPCASTERS.get((type_name, version))
+        if up is None:
+            raise CodecError(f"no upcaster for {type_name} v{version}")
+        data = up(data)
+        version += 1
+    if version > cls.VERSION:
+        raise CodecError(f"{type_name} v{version} is newer than this program (v{cls.VERSION})")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise CodecError(f"bad payload for {type_name} v{version}: {exc}") from exc
+
+
+def decode(type_name: str, version: int, payload: bytes | str) -> Event:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError(f"payload of {type_name} is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CodecError(f"payload of {type_name} is not a JSON object")
+    return decode_dict(type_name, version, data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Observed
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProductObserved(Event):
+    """A PowerOffice product as `GET /Products` returned it, with its product group (None when it has none)."""
+
+    TYPE: ClassVar[str] = "product.observed"
+    product: JsonObject
+    group: JsonObject | None = None
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class InvoiceObserved(Event):
+    """A PowerOffice outgoing invoice with its lines and snapshots of its customer and delivery addresses,
+    so that projecting it never needs the network."""
+
+    TYPE: ClassVar[str] = "invoice.observed"
+    invoice: JsonObject
+    lines: list[JsonObject]
+    customer: JsonObject | None = None
+    delivery_addresses: list[JsonObject] = dataclasses.field(default_factory=list)
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class StockObserved(Event):
+    """An Ongoing article's stock figures (`inventoryInfo`), appended only when a figure changed."""
+
+    TYPE: ClassVar[str] = "stock.observed"
+    article_number: str
+    article_system_id: int | None
+    inventory: JsonObject
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class ArticleUpsertRequested(Event):
+    """`PUT /articles` with `body` (a PostArticleModel) for the tenant's goods owner."""
+
+    TYPE: ClassVar[str] = "article.upsert_requested"
+    body: JsonObject
+    product_id: int | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class OrderUpsertRequested(Event):
+    """`PUT /orders` with `body` (a PostOrderModel). `force` re-sends an order that was already delivered."""
+
+    TYPE: ClassVar[str] = "order.upsert_requested"
+    body: JsonObject
+    invoice_id: str
+    article_numbers: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    force: bool = False
+    # Set when the invoice's own number was taken by another invoice of the tenant.
+    renumbered_from: str | None = None
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class StockPatchRequested(Event):
+    """`PATCH /Products/{product_id}` setting `StockOnHand` to `value`."""
+
+    TYPE: ClassVar[str] = "stock.patch_requested"
+    product_id: int
+    product_code: str
+    value: float
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outcomes and operator events
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommandSucceeded(Event):
+    """The target accepted the command at `command` (a log position). `ids` holds what it returned."""
+
+    TYPE: ClassVar[str] = "command.succeeded"
+    command: int
+    ids: JsonObject
+    attempts: int
+    message: str | None = None
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommandFailed(Event):
+    """The command at `command` failed. `permanent` quarantines its entity until an `EntityRedriven`."""
+
+    TYPE: ClassVar[str] = "command.failed"
+    command: int
+    status: int | None
+    message: str
+    attempts: int
+    permanent: bool
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommandSkipped(Event):
+    """The command at `command` was deliberately not sent, and why."""
+
+    TYPE: ClassVar[str] = "command.skipped"
+    command: int
+    reason: str
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class MappingFailed(Event):
+    """The observation at `source` could not be mapped; `field` names the source field at fault."""
+
+    TYPE: ClassVar[str] = "mapping.failed"
+    source: int
+    field: str
+    reason: str
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class EntityRedriven(Event):
+    """An operator released a quarantined entity: its waiting commands are sent again."""
+
+    TYPE: ClassVar[str] = "entity.redriven"
+    reason: str
+    by: str
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplayRecorded(Event):
+    """A replay ran: who, which window, which mapping version, and what it found."""
+
+    TYPE: ClassVar[str] = "replay.recorded"
+    by: str
+    window_from: str
+    window_to: str
+    kind: str | None
+    mapping_version: int
+    dry_run: bool
+    counts: JsonObject
+
+
+OBSERVED_TYPES = (ProductObserved.TYPE, InvoiceObserved.TYPE, StockObserved.TYPE)
+COMMAND_TYPES = (ArticleUpsertRequested.TYPE, OrderUpsertRequested.TYPE, StockPatchRequested.TYPE)
+OUTCOME_TYPES = (CommandSucceeded.TYPE, CommandFailed.TYPE, CommandSkipped.TYPE)

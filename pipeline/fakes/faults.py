@@ -1,0 +1,114 @@
+"""A scripted fault queue for the fake servers, plus their request log.
+
+A test (or the demo) pushes `Fault`s; each request that matches the head fault of its kind consumes one use of it:
+
+    faults.add(Fault("status", status=503), method="PUT", path="/articles", times=2)
+    faults.add(Fault("latency", seconds=0.05))                  # every request, forever
+    faults.add(Fault("drop"), path="/orders", times=1)           # connection closed without an answer
+    faults.add(Fault("hang", seconds=5), times=1)                # no answer until the client times out
+
+Kinds: `latency` (delay, then serve normally), `status` (answer with that status and body, optional Retry-After),
+`hang` (wait `seconds` and then answer 504; a client with a shorter timeout sees a timeout), `drop` (close the
+connection without an answer).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import anyio
+from aiohttp import web
+
+FaultKind = Literal["latency", "status", "hang", "drop"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    kind: FaultKind
+    status: int = 500
+    body: bytes = b'{"Message":"An error has occurred."}'
+    seconds: float = 0.0
+    retry_after: str | None = None
+
+
+@dataclass(slots=True)
+class _Rule:
+    fault: Fault
+    method: str | None
+    path: re.Pattern[str] | None
+    remaining: int | None  # None = forever
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRequest:
+    """One request as the fake saw it (after faults were applied: `fault` names the one that hit it)."""
+
+    at: float
+    method: str
+    path: str
+    query: str
+    status: int
+    fault: str | None = None
+    key: str | None = None  # which credential made it (subscription key, goods owner ...), for assertions
+
+
+@dataclass(slots=True)
+class FaultScript:
+    rules: list[_Rule] = field(default_factory=list)
+
+    def add(
+        self, fault: Fault, *, method: str | None = None, path: str | None = None, times: int | None = 1
+    ) -> None:
+        """Queue `fault` for requests matching `method` and the `path` regex (searched, case-insensitive)."""
+        self.rules.append(
+            _Rule(
+                fault,
+                method.upper() if method else None,
+                re.compile(path, re.IGNORECASE) if path else None,
+                times,
+            )
+        )
+
+    def clear(self) -> None:
+        self.rules.clear()
+
+    def take(self, method: str, path: str) -> Fault | None:
+        for rule in self.rules:
+            if rule.method and rule.method != method:
+                continue
+            if rule.path and not rule.path.search(path):
+                continue
+            if rule.remaining is not None:
+                rule.remaining -= 1
+                if rule.remaining <= 0:
+                    self.rules.remove(rule)
+            return rule.fault
+        return None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def apply_fault(fault: Fault | None, request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Serve `request` through `fault` (or plainly when None)."""
+    if fault is None:
+        return await handler(request)
+    if fault.kind == "latency":
+        await anyio.sleep(fault.seconds)
+        return await handler(request)
+    if fault.kind == "status":
+        headers = {"Content-Type": "application/json"}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = fault.retry_after
+        return web.Response(status=fault.status, body=fault.body, headers=headers)
+    if fault.kind == "hang":
+        await anyio.sleep(fault.seconds)
+        return web.Response(status=504, body=b'{"Message":"Gateway timeout"}')
+    # drop: close the socket under the request, answering nothing.
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    raise ConnectionResetError("fault script dropped the connection")
