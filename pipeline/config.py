@@ -320,9 +320,7 @@ _TENANT = {
 }
 
 
-def parse_settings(
-    raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str], source: str = "config"
-) -> Settings:
+def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str], source: str = "config") -> Settings:
     """Build `Settings` from an already-parsed TOML document. Raises ConfigError listing every problem."""
     c = _Checker(env, base)
     c.unknown("", raw, _TOP)
@@ -430,9 +428,7 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], str(file)) from exc
-    settings = parse_settings(
-        raw, base=file.resolve().parent, env=os.environ if env is None else env, source=str(file)
-    )
+    settings = parse_settings(raw, base=file.resolve().parent, env=os.environ if env is None else env, source=str(file))
     return Settings(
         database=settings.database,
         interval_seconds=settings.interval_seconds,

@@ -16,6 +16,7 @@ runs the upcasters registered for (type, from_version) in order until the curren
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -32,11 +33,15 @@ class Event:
     __slots__ = ()
     TYPE: ClassVar[str]
     VERSION: ClassVar[int] = 1
+    # True for events whose payload values were parsed from JSON (API observations): they cannot hold NaN or
+    # infinities, so encoding skips the search for them.
+    FROM_JSON: ClassVar[bool] = False
 
 
 E = TypeVar("E", bound=type[Event])
 _REGISTRY: dict[str, type[Event]] = {}
 _FIELDS: dict[str, tuple[str, ...]] = {}
+_GETTERS: dict[str, Callable[[Any], Any]] = {}
 Upcaster = Callable[[JsonObject], JsonObject]
 _UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
@@ -50,6 +55,8 @@ def register(cls: E) -> E:
         raise TypeError(f"event type {name!r} is registered twice")
     _REGISTRY[name] = cls
     _FIELDS[name] = tuple(f.name for f in dataclasses.fields(cls))
+    getter = operator.attrgetter(*_FIELDS[name])
+    _GETTERS[name] = getter if len(_FIELDS[name]) > 1 else (lambda e, g=getter: (g(e),))
     return cls
 
 
@@ -76,14 +83,40 @@ def event_class(type_name: str) -> type[Event]:
 
 def to_dict(event: Event) -> JsonObject:
     """The event's fields as a plain dict (shallow: field values are already JSON-shaped)."""
-    return {name: getattr(event, name) for name in _FIELDS[event.TYPE]}
+    name = event.TYPE
+    return dict(zip(_FIELDS[name], _GETTERS[name](event), strict=True))
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (_INF, -_INF)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_non_finite(v) for v in value)
+    return False
+
+
+_INF = float("inf")
 
 
 def encode(event: Event) -> bytes:
+    """The event's payload as JSON bytes. Raises CodecError for values JSON cannot hold.
+
+    orjson serialises the dataclass itself (its fields, not its ClassVars), in C. It writes NaN and infinities
+    as `null`, which would change the event silently. They can only show up as `null` in the output, and only in
+    events not parsed from JSON, so the search runs only then: first a cheap round-trip comparison, then (only
+    when that differs) the walk that finds them.
+    """
     try:
-        return orjson.dumps(to_dict(event))
+        out = orjson.dumps(event)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise CodecError(f"cannot encode {event.TYPE}: {exc}") from exc
+    if not event.FROM_JSON and b"null" in out:
+        data = to_dict(event)
+        if orjson.loads(out) != data and _non_finite(data):
+            raise CodecError(f"cannot encode {event.TYPE}: NaN or infinity in the payload")
+    return out
 
 
 def decode_dict(type_name: str, version: int, data: JsonObject) -> Event:
@@ -123,6 +156,7 @@ class ProductObserved(Event):
     """A PowerOffice product as `GET /Products` returned it, with its product group (None when it has none)."""
 
     TYPE: ClassVar[str] = "product.observed"
+    FROM_JSON: ClassVar[bool] = True
     product: JsonObject
     group: JsonObject | None = None
 
@@ -134,6 +168,7 @@ class InvoiceObserved(Event):
     so that projecting it never needs the network."""
 
     TYPE: ClassVar[str] = "invoice.observed"
+    FROM_JSON: ClassVar[bool] = True
     invoice: JsonObject
     lines: list[JsonObject]
     customer: JsonObject | None = None
@@ -146,6 +181,7 @@ class StockObserved(Event):
     """An Ongoing article's stock figures (`inventoryInfo`), appended only when a figure changed."""
 
     TYPE: ClassVar[str] = "stock.observed"
+    FROM_JSON: ClassVar[bool] = True
     article_number: str
     article_system_id: int | None
     inventory: JsonObject

@@ -10,7 +10,6 @@ honoured) using stamina; `stamina.set_testing(True)` removes the waits in tests.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,7 +87,13 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 
 def classify(
-    system: str, method: str, path: str, status: int, headers: Mapping[str, str], body: bytes, tenant: str | None
+    system: str,
+    method: str,
+    path: str,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    tenant: str | None,
 ) -> ApiError:
     """The error for a non-2xx answer."""
     detail = error_detail(body)
@@ -131,13 +136,11 @@ async def send(
     `path` is what errors show (no host, no query string with keys in it).
     """
     try:
-        async with session.request(
-            method, url, timeout=aiohttp.ClientTimeout(total=timeout), **kwargs
-        ) as resp:
+        async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout), **kwargs) as resp:
             body = await resp.read()
             headers = {k: v for k, v in resp.headers.items()}
             status = resp.status
-    except (TimeoutError, asyncio.TimeoutError) as exc:
+    except TimeoutError as exc:
         raise TransientApiError(system, method, path, None, "timed out", tenant=tenant) from exc
     except aiohttp.ClientError as exc:
         raise TransientApiError(

@@ -59,9 +59,7 @@ class LoggedRequest:
 class FaultScript:
     rules: list[_Rule] = field(default_factory=list)
 
-    def add(
-        self, fault: Fault, *, method: str | None = None, path: str | None = None, times: int | None = 1
-    ) -> None:
+    def add(self, fault: Fault, *, method: str | None = None, path: str | None = None, times: int | None = 1) -> None:
         """Queue `fault` for requests matching `method` and the `path` regex (searched, case-insensitive)."""
         self.rules.append(
             _Rule(

@@ -1,0 +1,208 @@
+"""Event log throughput: the project's append API vs raw sqlite3.executemany, and a 1M-event streaming scan.
+
+    .venv/bin/python benchmarks/eventlog.py [--append N] [--scan N] [--batch B]
+
+Both append paths write the identical schema (the real migrations: indexes, triggers, unique dedupe key) in WAL
+mode with the same batch size, and both serialise each ~600-byte payload with orjson inside the timed loop (any
+writer must); the API path additionally builds events, checks them and runs its transaction on aiosqlite's
+thread. The scan runs in a child process so that its peak RSS is the scan's own, not the set-up's.
+Last line: `RESULT append_eps=… raw_eps=… append_ratio=… scan_eps=… scan_peak_rss_mb=…`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from pipeline.eventlog.base import NewEvent
+from pipeline.eventlog.sqlite import _INSERT, MIGRATIONS, SCHEMA_VERSION, SqliteEventLog, _split, format_time
+from pipeline.events import ProductObserved
+
+
+def payload(i: int) -> dict[str, Any]:
+    """A product shaped like PowerOffice's ProductDto, about 600 bytes as JSON."""
+    return {
+        "Id": 100000 + i,
+        "Code": f"ART-{i:07d}",
+        "Name": f"Ullsokk merino str {i % 46} grå/blå",
+        "Description": "Varm sokk i merinoull, strikket i Norge. Tåler maskinvask på 40 grader.",
+        "Gtin": f"70{i:011d}",
+        "UnitPrice": 149.0 + (i % 50),
+        "UnitCost": 61.25,
+        "UnitOfMeasureCode": "STK",
+        "ProductGroupId": 7 + i % 5,
+        "IsStockItem": True,
+        "IsArchived": False,
+        "StockOnHand": float(i % 300),
+        "Type": "Product",
+        "VatCode": "3",
+        "SalesAccountNo": 3000,
+        "CreatedDateTimeOffset": "2026-10-01T08:00:00.0000000Z",
+        "LastChangedDateTimeOffset": f"2026-11-{1 + i % 28:02d}T10:53:00.{i % 10_000_000:07d}Z",
+        "ExternalImportReference": None,
+        "Weight": 0.12,
+    }
+
+
+def events(n: int, start: int = 0) -> list[NewEvent]:
+    return [
+        NewEvent("bench", f"product:{i}", ProductObserved(payload(i)), f"bench/product:{i}@1")
+        for i in range(start, start + n)
+    ]
+
+
+async def api_append(path: Path, n: int, batch: int, *, overlap: bool) -> float:
+    """Append n events through the log API. With `overlap`, the next batch is built while the previous one is
+    being written, as a poller builds its next page while the log commits the last (the write runs on the
+    store's own thread, so the event loop is free meanwhile)."""
+    log = await SqliteEventLog.open(path)
+
+    def build(start: int) -> list[NewEvent]:
+        return [
+            NewEvent("bench", f"product:{i}", ProductObserved(payload(i)), f"bench/product:{i}@1")
+            for i in range(start, min(n, start + batch))
+        ]
+
+    try:
+        t0 = time.perf_counter()
+        if not overlap:
+            for start in range(0, n, batch):
+                await log.append(build(start))
+            return time.perf_counter() - t0
+        send, receive = anyio.create_memory_object_stream[list[NewEvent]](1)
+
+        async def produce() -> None:
+            async with send:
+                for start in range(0, n, batch):
+                    await send.send(build(start))
+                    await anyio.sleep(0)  # let the writer start before building the next batch
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            async with receive:
+                async for evs in receive:
+                    await log.append(evs)
+        return time.perf_counter() - t0
+    finally:
+        await log.close()
+
+
+def raw_append(path: Path, n: int, batch: int) -> float:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    for script in MIGRATIONS:
+        for statement in _split(script):
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    recorded = format_time(datetime.now(UTC))
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        rows = [
+            (
+                recorded,
+                "bench",
+                f"product:{i}",
+                "product.observed",
+                1,
+                orjson.dumps({"product": payload(i), "group": None}).decode(),
+                None,
+                None,
+                f"bench/product:{i}@1",
+            )
+            for i in range(start, min(n, start + batch))
+        ]
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(_INSERT, rows)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return elapsed
+
+
+async def fill(path: Path, n: int) -> None:
+    log = await SqliteEventLog.open(path)
+    try:
+        for start in range(0, n, 5000):
+            await log.append(events(min(5000, n - start), start))
+    finally:
+        await log.close()
+
+
+async def scan(path: Path) -> tuple[int, float]:
+    log = await SqliteEventLog.open(path)
+    try:
+        count = 0
+        t0 = time.perf_counter()
+        async for e in log.read(batch_size=2000):
+            count += 1
+            assert e.event.TYPE == "product.observed"
+        return count, time.perf_counter() - t0
+    finally:
+        await log.close()
+
+
+def scan_child(path: str) -> None:
+    count, elapsed = anyio.run(scan, Path(path))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(orjson.dumps({"count": count, "elapsed": elapsed, "peak_mb": peak_mb}).decode())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--append", type=int, default=200_000)
+    parser.add_argument("--scan", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--scan-child")
+    args = parser.parse_args()
+    if args.scan_child:
+        scan_child(args.scan_child)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        # Alternate the two paths so neither always runs on a warmer machine; keep the best of each.
+        api_times, seq_times, raw_times = [], [], []
+        for round_ in range(2):
+            raw_times.append(raw_append(d / f"raw{round_}.db", args.append, args.batch))
+            api_times.append(anyio.run(partial(api_append, overlap=True), d / f"api{round_}.db", args.append, args.batch))
+            seq_times.append(anyio.run(partial(api_append, overlap=False), d / f"seq{round_}.db", args.append, args.batch))
+        api_eps = args.append / min(api_times)
+        raw_eps = args.append / min(raw_times)
+        print(f"append: {args.append} events x ~600 B, batches of {args.batch}")
+        print(f"  pipeline API      {api_eps:>10,.0f} events/s  (runs: {', '.join(f'{t:.2f}s' for t in api_times)})")
+        seq_eps = args.append / min(seq_times)
+        print(f"  API, no overlap   {seq_eps:>10,.0f} events/s  (runs: {', '.join(f'{t:.2f}s' for t in seq_times)})")
+        print(f"  raw executemany   {raw_eps:>10,.0f} events/s  (runs: {', '.join(f'{t:.2f}s' for t in raw_times)})")
+        print(f"  ratio             {api_eps / raw_eps:.3f}")
+
+        scan_db = d / "scan.db"
+        t0 = time.perf_counter()
+        anyio.run(fill, scan_db, args.scan)
+        print(f"scan: filled {args.scan:,} events in {time.perf_counter() - t0:.1f}s")
+        out = subprocess.run(
+            [sys.executable, __file__, "--scan-child", str(scan_db)], capture_output=True, text=True, check=True
+        )
+        result = orjson.loads(out.stdout.strip().splitlines()[-1])
+        assert result["count"] == args.scan, result
+        scan_eps = result["count"] / result["elapsed"]
+        print(f"  read + decode     {scan_eps:>10,.0f} events/s, peak RSS {result['peak_mb']:.1f} MB")
+        print(
+            f"RESULT append_eps={api_eps:.0f} raw_eps={raw_eps:.0f} append_ratio={api_eps / raw_eps:.3f}"
+            f" scan_eps={scan_eps:.0f} scan_peak_rss_mb={result['peak_mb']:.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""The event log in one SQLite file (WAL mode): one writer connection, one reader connection beside it.
+
+- Append-only is enforced by the database: triggers abort every UPDATE and DELETE on `events`.
+- `append` runs one `BEGIN IMMEDIATE … COMMIT` holding one `executemany` for the events plus the cursor and
+  checkpoint upserts, so a crash leaves all of it or none of it.
+- Duplicate dedupe keys are skipped by `ON CONFLICT DO NOTHING`; the row count tells appended from skipped.
+- Schema versions live in `PRAGMA user_version`; `MIGRATIONS[i]` takes a file from version i to i + 1. A file from
+  a newer program is refused with `SchemaVersionError`.
+- Every sqlite3 error is translated into `StoreError` here; nothing above this module sees sqlite3.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+import orjson
+
+from pipeline.errors import CodecError, SchemaVersionError, StoreError
+from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent
+from pipeline.events import decode_dict, encode
+
+Clock = Callable[[], datetime]
+
+_V1 = """
+CREATE TABLE events (
+    position        INTEGER PRIMARY KEY,
+    recorded_at     TEXT    NOT NULL,
+    tenant          TEXT    NOT NULL,
+    entity          TEXT    NOT NULL,
+    type            TEXT    NOT NULL,
+    schema_version  INTEGER NOT NULL,
+    payload         TEXT    NOT NULL CHECK (json_valid(payload)),
+    causation       INTEGER,
+    mapping_version INTEGER,
+    dedupe_key      TEXT    NOT NULL UNIQUE
+);
+CREATE INDEX events_by_entity ON events (tenant, entity, position);
+CREATE INDEX events_by_type_time ON events (type, recorded_at);
+CREATE INDEX events_by_time ON events (recorded_at);
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE refused'); END;
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE refused'); END;
+CREATE TABLE cursors (
+    poller     TEXT NOT NULL,
+    tenant     TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (poller, tenant)
+);
+CREATE TABLE checkpoints (
+    stage      TEXT    NOT NULL,
+    tenant     TEXT    NOT NULL,
+    position   INTEGER NOT NULL,
+    updated_at TEXT    NOT NULL,
+    PRIMARY KEY (stage, tenant)
+);
+"""
+
+# MIGRATIONS[i] brings a database from user_version i to i + 1. Append new entries; never edit old ones.
+MIGRATIONS: tuple[str, ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_INSERT = (
+    "INSERT INTO events (recorded_at, tenant, entity, type, schema_version, payload, causation,"
+    " mapping_version, dedupe_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING"
+)
+_COLUMNS = (
+    "position, recorded_at, tenant, entity, type, schema_version, payload, causation, mapping_version, dedupe_key"
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(when: datetime) -> str:
+    """Fixed-width UTC text, so that string order is time order in SQL."""
+    if when.tzinfo is None:
+        raise ValueError("naive datetime: the log records UTC times only")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@functools.lru_cache(maxsize=256)
+def parse_time(text: str) -> datetime:
+    # Events of one append share their recorded time, so a small cache saves most of the parsing on scans.
+    return datetime.fromisoformat(text)
+
+
+def _row_to_event(row: sqlite3.Row | tuple[Any, ...]) -> StoredEvent:
+    position, recorded, tenant, entity, type_, version, payload, causation, mapping_version, dedupe = row
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError(f"event {position}: payload is not JSON: {exc}") from exc
+    return StoredEvent(
+        position,
+        parse_time(recorded),
+        tenant,
+        entity,
+        type_,
+        version,
+        decode_dict(type_, version, data),
+        causation,
+        mapping_version,
+        dedupe,
+    )
+
+
+async def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run `fn(sqlite3_connection, *args)` on the connection's own thread, as one unit.
+
+    aiosqlite's public API would need one await per statement, and a cancellation between two of them could
+    leave a transaction open; its `_execute` (private, stable since 0.17; pinned in pyproject) runs a whole
+    function on the thread instead. If the awaiting task is cancelled, the function still finishes there,
+    so a transaction is always committed or rolled back whole.
+    """
+    raw = conn._conn
+    return await conn._execute(fn, raw, *args)  # type: ignore[no-untyped-call]
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{path} has schema version {version}; this pipeline understands up to {SCHEMA_VERSION}."
+            " Upgrade pipeline to open it."
+        )
+    for target in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split(MIGRATIONS[target]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _split(script: str) -> list[str]:
+    """Split a migration script into statements (triggers contain `;` inside BEGIN … END)."""
+    out: list[str] = []
+    buf = ""
+    for part in script.split(";"):
+        buf += part + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                out.append(buf.strip())
+            buf = ""
+    return out
+
+
+class SqliteEventLog:
+    """`EventLog` on SQLite. Open with `await SqliteEventLog.open(path)`; close with `await log.close()`."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection, clock: Clock) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._clock = clock
+        self._write_lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path, *, clock: Clock = utc_now) -> SqliteEventLog:
+        """Open (creating and migrating as needed). Raises SchemaVersionError for a newer file, StoreError else."""
+        p = Path(path)
+        writer: aiosqlite.Connection | None = None
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            writer = await aiosqlite.connect(p, isolation_level=None, timeout=30)
+            await writer.execute("PRAGMA journal_mode = WAL")
+            await writer.execute("PRAGMA synchronous = NORMAL")
+            await writer.execute("PRAGMA busy_timeout = 30000")
+            await _on_thread(writer, _migrate, str(p))
+            reader = await aiosqlite.connect(p, isolation_level=None, timeout=30)
+            await reader.execute("PRAGMA busy_timeout = 30000")
+            await reader.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            if writer is not None:
+                await writer.close()
+            raise StoreError(f"cannot open event log {p}: {exc}") from exc
+        except BaseException:
+            if writer is not None:
+                await writer.close()
+            raise
+        return cls(p, writer, reader, clock)
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    async def __aenter__(self) -> SqliteEventLog:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------------------------------------ writing
+
+    def _rows(self, events: Sequence[NewEvent], recorded: str) -> list[tuple[Any, ...]]:
+        rows = []
+        append = rows.append
+        dumps = orjson.dumps
+        for tenant, entity, ev, dedupe_key, causation, mapping_version in events:
+            try:
+                # Observations (parsed JSON) take orjson's C path directly; others go through the checking codec.
+                payload = (dumps(ev) if ev.FROM_JSON else encode(ev)).decode()
+            except (TypeError, CodecError) as exc:
+                raise CodecError(f"cannot encode {ev.TYPE} for {tenant}/{entity}: {exc}") from exc
+            append((recorded, tenant, entity, ev.TYPE, ev.VERSION, payload, causation, mapping_version, dedupe_key))
+        return rows
+
+    async def append(
+        self,
+        events: Sequence[NewEvent],
+        *,
+        cursors: CursorMoves | None = None,
+        checkpoints: CheckpointMoves | None = None,
+    ) -> AppendResult:
+        """Append events and move cursors/checkpoints in one transaction (see `EventLog.append`)."""
+        if not events and not cursors and not checkpoints:
+            return AppendResult(0, 0)
+        recorded = format_time(self._clock())
+        rows = self._rows(events, recorded)  # encode before taking the lock: a CodecError writes nothing
+        cursor_rows = [(poller, tenant, value, recorded) for (poller, tenant), value in (cursors or {}).items()]
+        checkpoint_rows = [(stage, tenant, pos, recorded) for (stage, tenant), pos in (checkpoints or {}).items()]
+        async with self._write_lock:
+            try:
+                result: AppendResult = await _on_thread(
+                    self._writer, self._append_tx, rows, cursor_rows, checkpoint_rows
+                )
+                return result
+            except sqlite3.Error as exc:
+                raise StoreError(f"append to {self.path} failed: {exc}") from exc
+
+    def _append_tx(
+        self,
+        conn: sqlite3.Connection,
+        rows: list[tuple[Any, ...]],
+        cursor_rows: list[tuple[Any, ...]],
+        checkpoint_rows: list[tuple[Any, ...]],
+    ) -> AppendResult:
+        # Runs on the writer's thread: one transaction, no await between its statements.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            appended = conn.executemany(_INSERT, rows).rowcount if rows else 0
+            if cursor_rows:
+                conn.executemany(
+                    "INSERT INTO cursors (poller, tenant, value, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (poller, tenant) DO UPDATE SET value = excluded.value,"
+                    " updated_at = excluded.updated_at",
+                    cursor_rows,
+                )
+            if checkpoint_rows:
+                conn.executemany(
+                    "INSERT INTO checkpoints (stage, tenant, position, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (stage, tenant) DO UPDATE SET position = excluded.position,"
+                    " updated_at = excluded.updated_at",
+                    checkpoint_rows,
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return AppendResult(appended, len(rows) - appended)
+
+    # ------------------------------------------------------------------------------------------------ reading
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise StoreError(f"read from {self.path} failed: {exc}") from exc
+
+    async def read(
+        self,
+        *,
+        after: int = 0,
+        upto: int | None = None,
+        tenant: str | None = None,
+        entity: str | None = None,
+        types: Collection[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        batch_size: int = 1000,
+    ) -> AsyncIterator[StoredEvent]:
+        """Stream matching events in position order, `batch_size` rows per query (keyset paging)."""
+        where = ["position > ?"]
+        params: list[Any] = []
+        if upto is not None:
+            where.append("position <= ?")
+            params.append(upto)
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if entity is not None:
+            where.append("entity = ?")
+            params.append(entity)
+        if types is not None:
+            types = list(types)
+            if not types:
+                return
+            where.append(f"type IN ({', '.join('?' * len(types))})")
+            params.extend(types)
+        if since is not None:
+            where.append("recorded_at >= ?")
+            params.append(format_time(since))
+        if until is not None:
+            where.append("recorded_at < ?")
+            params.append(format_time(until))
+        sql = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT ?"
+        last = after
+        while True:
+            rows = await self._fetch(sql, [last, *params, batch_size])
+            for row in rows:
+                yield _row_to_event(row)
+            if len(rows) < batch_size:
+                return
+            last = rows[-1][0]
+
+    async def latest(
+        self, types: Collection[str], *, tenant: str | None = None, entity: str | None = None
+    ) -> dict[tuple[str, str], StoredEvent]:
+        """The latest event of any of `types` per (tenant, entity)."""
+        types = list(types)
+        if not types:
+            return {}
+        where = [f"type IN ({', '.join('?' * len(types))})"]
+        params: list[Any] = list(types)
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if entity is not None:
+            where.append("entity = ?")
+            params.append(entity)
+        sql = (
+            f"SELECT {_COLUMNS} FROM events WHERE position IN ("
+            f"SELECT max(position) FROM events WHERE {' AND '.join(where)} GROUP BY tenant, entity)"
+        )
+        return {(e.tenant, e.entity): e for e in map(_row_to_event, await self._fetch(sql, params))}
+
+    async def get(self, position: int) -> StoredEvent | None:
+        rows = await self._fetch(f"SELECT {_COLUMNS} FROM events WHERE position = ?", [position])
+        return _row_to_event(rows[0]) if rows else None
+
+    async def max_position(self) -> int:
+        rows = await self._fetch("SELECT coalesce(max(position), 0) FROM events", [])
+        return int(rows[0][0])
+
+    async def cursor(self, poller: str, tenant: str) -> str | None:
+        rows = await self._fetch("SELECT value FROM cursors WHERE poller = ? AND tenant = ?", [poller, tenant])
+        return str(rows[0][0]) if rows else None
+
+    async def checkpoint(self, stage: str, tenant: str) -> int:
+        rows = await self._fetch("SELECT position FROM checkpoints WHERE stage = ? AND tenant = ?", [stage, tenant])
+        return int(rows[0][0]) if rows else 0
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run read-only SQL (the reader connection is `query_only`): for audit."""
+        return [tuple(r) for r in await self._fetch(sql, params)]
