@@ -176,8 +176,12 @@ def main() -> None:
         api_times, seq_times, raw_times = [], [], []
         for round_ in range(2):
             raw_times.append(raw_append(d / f"raw{round_}.db", args.append, args.batch))
-            api_times.append(anyio.run(partial(api_append, overlap=True), d / f"api{round_}.db", args.append, args.batch))
-            seq_times.append(anyio.run(partial(api_append, overlap=False), d / f"seq{round_}.db", args.append, args.batch))
+            api_times.append(
+                anyio.run(partial(api_append, overlap=True), d / f"api{round_}.db", args.append, args.batch)
+            )
+            seq_times.append(
+                anyio.run(partial(api_append, overlap=False), d / f"seq{round_}.db", args.append, args.batch)
+            )
         api_eps = args.append / min(api_times)
         raw_eps = args.append / min(raw_times)
         print(f"append: {args.append} events x ~600 B, batches of {args.batch}")

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -206,7 +208,7 @@ class SqliteEventLog:
     # ------------------------------------------------------------------------------------------------ writing
 
     def _rows(self, events: Sequence[NewEvent], recorded: str) -> list[tuple[Any, ...]]:
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         append = rows.append
         dumps = orjson.dumps
         for tenant, entity, ev, dedupe_key, causation, mapping_version in events:
@@ -318,14 +320,22 @@ class SqliteEventLog:
             where.append("recorded_at < ?")
             params.append(format_time(until))
         sql = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT ?"
-        last = after
-        while True:
-            rows = await self._fetch(sql, [last, *params, batch_size])
-            for row in rows:
-                yield _row_to_event(row)
-            if len(rows) < batch_size:
-                return
-            last = rows[-1][0]
+        # The next page is fetched on the reader's thread while this one is decoded here.
+        pending = asyncio.ensure_future(self._fetch(sql, [after, *params, batch_size]))
+        try:
+            while True:
+                rows = await pending
+                if len(rows) == batch_size:
+                    pending = asyncio.ensure_future(self._fetch(sql, [rows[-1][0], *params, batch_size]))
+                for row in rows:
+                    yield _row_to_event(row)
+                if len(rows) < batch_size:
+                    return
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
 
     async def latest(
         self, types: Collection[str], *, tenant: str | None = None, entity: str | None = None

@@ -1,0 +1,288 @@
+"""The projector: observations in the log become commands (or failures), checkpointed, never twice."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import Secret, TenantSettings
+from pipeline.eventlog.base import NewEvent, StoredEvent
+from pipeline.eventlog.sqlite import SqliteEventLog
+from pipeline.events import (
+    ArticleUpsertRequested,
+    InvoiceObserved,
+    MappingFailed,
+    OrderUpsertRequested,
+    ProductObserved,
+    StockObserved,
+    StockPatchRequested,
+)
+from pipeline.projectors.commands import Projection, project, project_event
+from tests.eventlog_contract import StepClock
+from tests.mapping_schema import find, fixture, validate
+
+TENANT = TenantSettings(name="acme", poweroffice_client_key=Secret("k"), ongoing_goods_owner_id=42)
+PAID = "ee373540-ca8d-4562-8fb6-6fb52de47722"
+
+
+@pytest.fixture
+async def log(tmp_path: Path) -> AsyncIterator[SqliteEventLog]:
+    log = await SqliteEventLog.open(tmp_path / "p.db", clock=StepClock())
+    try:
+        yield log
+    finally:
+        await log.close()
+
+
+def product_event(product: dict[str, Any], key: str | None = None) -> NewEvent:
+    groups = fixture("poweroffice/product_groups.json")
+    group = next((g for g in groups if g["Id"] == product.get("ProductGroupId")), None)
+    return NewEvent(
+        "acme",
+        f"product:{product['Id']}",
+        ProductObserved(product, group),
+        key or f"acme/product:{product['Id']}/{product.get('UnitPrice')}",
+    )
+
+
+def invoice_event(invoice_id: str, **changes: Any) -> NewEvent:
+    invoice = {**find("poweroffice/outgoing_invoices.json", "Id", invoice_id), **changes}
+    customer = find("poweroffice/customers.json", "Number", invoice["CustomerNo"])
+    addresses = [a for a in fixture("poweroffice/contact_delivery_addresses.json") if a["ContactId"] == customer["Id"]]
+    try:
+        lines = fixture(f"poweroffice/outgoing_invoice_lines/{invoice_id}.json")
+    except FileNotFoundError:
+        lines = []
+    return NewEvent(
+        "acme",
+        f"invoice:{invoice['Id']}",
+        InvoiceObserved(invoice, lines, customer, addresses),
+        f"acme/invoice:{invoice['Id']}/{sorted(changes.items())}",
+    )
+
+
+async def commands(log: SqliteEventLog) -> list[StoredEvent]:
+    types = [ArticleUpsertRequested.TYPE, OrderUpsertRequested.TYPE, StockPatchRequested.TYPE, MappingFailed.TYPE]
+    return [e async for e in log.read(types=types)]
+
+
+@pytest.mark.anyio
+async def test_products_become_article_commands_once(log: SqliteEventLog) -> None:
+    """Each product yields one article command; re-projecting or re-observing it unchanged yields nothing."""
+    products = fixture("poweroffice/products.json")
+    await log.append([product_event(p) for p in products])
+    first = await project(log, TENANT)
+    assert first.commands == len(products) - first.skipped - first.failed
+    made = await commands(log)
+    assert {e.entity for e in made} >= {"article:BA-12", "article:LOOSE-9"}
+    for e in made:
+        assert isinstance(e.event, ArticleUpsertRequested)
+        validate(e.event.body, "PostArticleModel")
+        assert e.mapping_version is not None
+        assert e.causation is not None
+    again = await project(log, TENANT)
+    assert again.observed == 0
+    # The same product observed again (a new observation with identical content) changes nothing.
+    await log.append([product_event(products[0], key="again")])
+    third = await project(log, TENANT)
+    assert (third.observed, third.commands, third.unchanged) == (1, 0, 1)
+    assert len(await commands(log)) == len(made)
+
+
+@pytest.mark.anyio
+async def test_price_change_makes_exactly_one_new_command(log: SqliteEventLog) -> None:
+    """A changed product produces one new article command for that article only."""
+    products = fixture("poweroffice/products.json")
+    await log.append([product_event(p) for p in products])
+    await project(log, TENANT)
+    before = len(await commands(log))
+    changed = {**find("poweroffice/products.json", "Code", "BA-12"), "UnitPrice": 999.5}
+    await log.append([product_event(changed)])
+    result = await project(log, TENANT)
+    assert result.commands == 1
+    made = await commands(log)
+    assert len(made) == before + 1
+    assert made[-1].entity == "article:BA-12"
+    assert isinstance(made[-1].event, ArticleUpsertRequested)
+    assert made[-1].event.body["customerPrice"] == 999.5
+
+
+@pytest.mark.anyio
+async def test_unmappable_product_fails_alone(log: SqliteEventLog) -> None:
+    """A product without a code becomes a mapping failure naming Code; the rest of the batch still flows."""
+    good = find("poweroffice/products.json", "Code", "BA-12")
+    bad = {**find("poweroffice/products.json", "Code", "LOOSE-9"), "Code": None}
+    await log.append([product_event(bad), product_event(good)])
+    result = await project(log, TENANT)
+    assert (result.commands, result.failed) == (1, 1)
+    made = await commands(log)
+    failure = next(e for e in made if e.type == MappingFailed.TYPE)
+    assert isinstance(failure.event, MappingFailed)
+    assert failure.event.field == "Code"
+    assert failure.entity == f"product:{bad['Id']}"
+    assert any(e.entity == "article:BA-12" for e in made)
+
+
+@pytest.mark.anyio
+async def test_paid_invoices_become_orders_and_others_do_not(log: SqliteEventLog) -> None:
+    """A paid invoice becomes one order; unpaid invoices and credit notes become nothing."""
+    await log.append([product_event(p) for p in fixture("poweroffice/products.json")])
+    unpaid = "8c2f1e0a-7d4b-4c1e-b1a2-5e6f7a8b9c0d"
+    credit = "1d9e8f7a-6b5c-4d3e-a2f1-0e9d8c7b6a54"
+    await log.append([invoice_event(PAID), invoice_event(unpaid), invoice_event(credit)])
+    await project(log, TENANT)
+    orders = [e for e in await commands(log) if e.type == OrderUpsertRequested.TYPE]
+    assert [e.entity for e in orders] == [f"order:{PAID}"]
+    order = orders[0].event
+    assert isinstance(order, OrderUpsertRequested)
+    validate(order.body, "PostOrderModel")
+    assert order.body["orderNumber"] == "6065"
+    assert set(order.article_numbers) <= {line["articleNumber"] for line in order.body["orderLines"]}
+
+
+@pytest.mark.anyio
+async def test_invoice_paid_later_gives_exactly_one_order(log: SqliteEventLog) -> None:
+    """An unpaid invoice that becomes paid produces one order, and observing it again produces no other."""
+    await log.append([product_event(p) for p in fixture("poweroffice/products.json")])
+    unpaid = "8c2f1e0a-7d4b-4c1e-b1a2-5e6f7a8b9c0d"
+    await log.append([invoice_event(unpaid)])
+    await project(log, TENANT)
+    assert not [e for e in await commands(log) if e.type == OrderUpsertRequested.TYPE]
+    await log.append([invoice_event(unpaid, Balance=0)])
+    await project(log, TENANT)
+    await log.append([invoice_event(unpaid, Balance=0.0, BalanceLastChangedDateTimeOffset="2026-11-02T00:00:00Z")])
+    await project(log, TENANT)
+    orders = [e for e in await commands(log) if e.type == OrderUpsertRequested.TYPE]
+    assert [e.entity for e in orders] == [f"order:{unpaid}"]
+
+
+@pytest.mark.anyio
+async def test_order_number_collision_is_renumbered_and_recorded(log: SqliteEventLog) -> None:
+    """A second invoice with an order number already taken gets <OrderNo>-<InvoiceNo>, recorded on the command."""
+    await log.append([product_event(p) for p in fixture("poweroffice/products.json")])
+    twin = "3b0d7c1e-51a9-4c52-9a43-2f8f4f0c9a11"
+    first = invoice_event(PAID)
+    second = invoice_event(twin, OrderNo=6065)
+    assert isinstance(second.event, InvoiceObserved)
+    second_inv = second.event.invoice
+    await log.append([first, second])
+    await project(log, TENANT)
+    orders = {e.entity: e.event for e in await commands(log) if e.type == OrderUpsertRequested.TYPE}
+    a, b = orders[f"order:{PAID}"], orders[f"order:{twin}"]
+    assert isinstance(a, OrderUpsertRequested)
+    assert isinstance(b, OrderUpsertRequested)
+    assert a.body["orderNumber"] == "6065"
+    assert a.renumbered_from is None
+    assert b.body["orderNumber"] == f"6065-{second_inv['InvoiceNo']}"
+    assert b.renumbered_from == "6065"
+    # Re-projecting the first invoice later keeps its number (it owns it).
+    await log.append([invoice_event(PAID, CustomerReference="changed")])
+    await project(log, TENANT)
+    latest = (await log.latest([OrderUpsertRequested.TYPE], tenant="acme", entity=f"order:{PAID}")).popitem()[1]
+    assert isinstance(latest.event, OrderUpsertRequested)
+    assert latest.event.body["orderNumber"] == "6065"
+
+
+@pytest.mark.anyio
+async def test_stock_becomes_patch_for_stock_items_only(log: SqliteEventLog) -> None:
+    """Stock of a PowerOffice stock item becomes a StockOnHand patch; other articles are skipped."""
+    await log.append([product_event(p) for p in fixture("poweroffice/products.json")])
+    await log.append(
+        [
+            NewEvent("acme", "stock:BA-12", StockObserved("BA-12", 1, {"numberOfItems": 17.0}), "s1"),
+            NewEvent("acme", "stock:GR-7", StockObserved("GR-7", 2, {"numberOfItems": 3.0}), "s2"),
+            NewEvent("acme", "stock:NOPE", StockObserved("NOPE", 3, {"numberOfItems": 3.0}), "s3"),
+        ]
+    )
+    await project(log, TENANT)
+    patches = [e.event for e in await commands(log) if e.type == StockPatchRequested.TYPE]
+    ba12 = find("poweroffice/products.json", "Code", "BA-12")
+    assert patches == [StockPatchRequested(ba12["Id"], "BA-12", 17.0)]
+
+
+# ------------------------------------------------------------------------------------------------ properties
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**12), 10**12)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=30)
+    | st.text(min_size=300, max_size=2000)
+)
+junk = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _overlay(base: dict[str, Any], keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """The base record with any of its fields replaced by junk or removed."""
+    return st.fixed_dictionaries({}, optional={k: junk for k in keys}).flatmap(
+        lambda repl: st.sets(st.sampled_from(keys), max_size=4).map(
+            lambda drop: {k: v for k, v in {**base, **repl}.items() if k not in drop}
+        )
+    )
+
+
+_PRODUCT = find("poweroffice/products.json", "Code", "BA-12")
+_INVOICE = find("poweroffice/outgoing_invoices.json", "Id", PAID)
+_LINES = fixture(f"poweroffice/outgoing_invoice_lines/{PAID}.json")
+_CUSTOMER = find("poweroffice/customers.json", "Number", _INVOICE["CustomerNo"])
+
+
+def _stored(event: Any, position: int = 7) -> StoredEvent:
+    from datetime import UTC, datetime
+
+    return StoredEvent(position, datetime(2026, 11, 1, tzinfo=UTC), "acme", "x", event.TYPE, 1, event, None, None, "k")
+
+
+def _check(done: Any) -> None:
+    if done.command is not None:
+        if isinstance(done.command, ArticleUpsertRequested):
+            validate(done.command.body, "PostArticleModel")
+        if isinstance(done.command, OrderUpsertRequested):
+            validate(done.command.body, "PostOrderModel")
+        # Commands must be storable: no NaN or infinities anywhere.
+        from pipeline.events import encode
+
+        encode(done.command)
+    else:
+        assert done.failure is not None or done.skipped
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(product=_overlay(_PRODUCT, list(_PRODUCT)), group=st.none() | junk)
+def test_any_product_json_projects_to_a_command_or_a_failure(product: dict[str, Any], group: Any) -> None:
+    """Arbitrary product JSON never raises out of the projector: a valid command, a failure, or a skip."""
+    state = Projection(TENANT)
+    _check(project_event(state, _stored(ProductObserved(product, group if isinstance(group, dict) else None))))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    invoice=_overlay(_INVOICE, list(_INVOICE)),
+    lines=st.lists(st.one_of(*[_overlay(line, list(line)) for line in _LINES]), max_size=4) | st.lists(junk),
+    customer=st.none() | _overlay(_CUSTOMER, list(_CUSTOMER)),
+)
+def test_any_invoice_json_projects_to_a_command_or_a_failure(
+    invoice: dict[str, Any], lines: list[Any], customer: dict[str, Any] | None
+) -> None:
+    """Arbitrary invoice, line and customer JSON never raises out of the projector."""
+    state = Projection(TENANT, articles={"BA-12", "NP-3"})
+    _check(project_event(state, _stored(InvoiceObserved(invoice, lines, customer, []))))
+
+
+def test_nan_price_is_a_failure_not_a_command() -> None:
+    """A NaN price cannot be sent: the product fails with the field named."""
+    done = project_event(Projection(TENANT), _stored(ProductObserved({**_PRODUCT, "UnitPrice": math.nan})))
+    assert done.command is None
+    assert done.failure is not None
+    assert done.failure.field == "UnitPrice"
