@@ -18,12 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 
 from pipeline.eventlog.base import NewEvent
@@ -87,7 +88,7 @@ async def api_append(path: Path, n: int, batch: int, *, overlap: bool) -> float:
             async with send:
                 for start in range(0, n, batch):
                     await send.send(build(start))
-                    await anyio.sleep(0)  # let the writer start before building the next batch
+                    await anyio.lowlevel.checkpoint()  # let the writer start before building the next batch
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce)

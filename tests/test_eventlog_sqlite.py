@@ -200,6 +200,7 @@ def test_non_finite_numbers_are_refused(bad: float) -> None:
 
 def test_upcaster_runs_for_old_versions() -> None:
     """A payload stored at an older schema version is upcast before decoding."""
+
     @ev.register
     @dataclasses.dataclass(frozen=True, slots=True)
     class Renamed(ev.Event):
