@@ -1,0 +1,455 @@
+"""PowerOffice pollers: the real client against the fake server, appending to a real SQLite event log."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from pipeline.clients.http import RetryPolicy
+from pipeline.clients.poweroffice import PowerOfficeClient, TenantPowerOffice, parse_timestamp
+from pipeline.clients.ratelimit import RateLimiter
+from pipeline.config import PowerOfficeSettings, Secret, TenantSettings
+from pipeline.errors import PermanentApiError, TransientApiError
+from pipeline.eventlog.sqlite import SqliteEventLog
+from pipeline.events import InvoiceObserved, ProductObserved
+from pipeline.fakes.faults import Fault
+from pipeline.fakes.generate import generate_company
+from pipeline.fakes.poweroffice import FakePowerOffice, serve_poweroffice
+from pipeline.pollers.poweroffice import (
+    INVOICES_CURSOR,
+    INVOICES_SINCE,
+    PRODUCTS_CURSOR,
+    PollResult,
+    poll_invoices,
+    poll_products,
+)
+
+APP = "application-key-1"
+SUB = "subscription-key-1"
+ACME = "client-key-acme-0001"
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+OVERLAP = timedelta(minutes=5)
+
+
+class WallClock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@dataclass
+class World:
+    fake: FakePowerOffice
+    clock: WallClock
+    log: SqliteEventLog
+    client: TenantPowerOffice
+    tenant: TenantSettings
+
+    async def products(self) -> PollResult:
+        return await poll_products(self.log, self.client, self.tenant, overlap=OVERLAP, now=self.clock.now)
+
+    async def invoices(self, *, orders_since: datetime = NOW, overlap: timedelta = OVERLAP) -> PollResult:
+        return await poll_invoices(
+            self.log, self.client, self.tenant, overlap=overlap, now=self.clock.now, orders_since=orders_since
+        )
+
+    async def events(self, type_name: str) -> list[Any]:
+        return [e async for e in self.log.read(tenant=self.tenant.name, types=[type_name])]
+
+    async def per_entity(self, type_name: str) -> Counter[str]:
+        return Counter(e.entity for e in await self.events(type_name))
+
+    def requests_since(self, mark: int) -> list[str]:
+        return [r.path.lower() for r in self.fake.requests[mark:]]
+
+
+@asynccontextmanager
+async def world(
+    tmp_path: Path,
+    *,
+    page_size: int = 5000,
+    policy: RetryPolicy | None = None,
+    order_trigger: str = "paid",
+    orders_since: datetime | None = None,
+    **company: Any,
+) -> AsyncIterator[World]:
+    clock = WallClock()
+    # Tokens outlive the hours these tests jump the clock by; expiry has its own tests in test_poweroffice_client.
+    fake = FakePowerOffice(
+        application_key=APP, subscription_keys=[SUB], requests_per_second=1000, clock=clock, token_ttl=30 * 86400
+    )
+    sizes: dict[str, Any] = {"products": 25, "customers": 15, "invoices": 40}
+    sizes.update(company)
+    fake.add_company(ACME, generate_company(21, now=NOW, **sizes))
+    log = await SqliteEventLog.open(tmp_path / "events.db", clock=clock)
+    try:
+        async with serve_poweroffice(fake) as origin, aiohttp.ClientSession() as session:
+            settings = PowerOfficeSettings(
+                api_url=f"{origin}/v2",
+                token_url=f"{origin}/OAuth/Token",
+                application_key=Secret(APP),
+                subscription_key=Secret(SUB),
+                page_size=page_size,
+            )
+            client = PowerOfficeClient(
+                session, settings, RateLimiter(1000, window_margin=0), policy=policy or RetryPolicy()
+            )
+            tenant = TenantSettings(
+                name="acme",
+                poweroffice_client_key=Secret(ACME),
+                ongoing_goods_owner_id=1,
+                order_trigger=order_trigger,  # type: ignore[arg-type]
+                orders_since=orders_since,
+            )
+            yield World(fake, clock, log, client.for_tenant(tenant), tenant)
+    finally:
+        await log.close()
+
+
+def goods(w: World) -> list[str]:
+    """Codes of the company's stock products, oldest change first."""
+    products = [p for p in w.fake.company(ACME).products.values() if p["IsStockItem"]]
+    products.sort(key=lambda p: parse_timestamp(p["LastChangedDateTimeOffset"]))
+    return [p["Code"] for p in products]
+
+
+def latest_stamp(records: list[dict[str, Any]], field: str) -> str:
+    return max(parse_timestamp(r[field]) for r in records).isoformat()
+
+
+# --------------------------------------------------------------------------------------------------- products
+
+
+@pytest.mark.anyio
+async def test_first_product_poll_observes_everything_with_groups(tmp_path: Path) -> None:
+    """The first run sweeps all products, attaches each one's group, and sets the cursor from the data."""
+    async with world(tmp_path) as w:
+        result = await w.products()
+        events = await w.events(ProductObserved.TYPE)
+        cursor = await w.log.cursor(PRODUCTS_CURSOR, "acme")
+    company = w.fake.company(ACME)
+    assert result.observed == result.seen == len(company.products) == 25
+    assert {e.entity for e in events} == {f"product:{pid}" for pid in company.products}
+    for stored in events:
+        product = stored.event.product
+        expected = company.product_groups.get(product["ProductGroupId"]) if product["ProductGroupId"] else None
+        assert stored.event.group == expected
+    assert cursor == latest_stamp(list(company.products.values()), "LastChangedDateTimeOffset")
+    assert "lastchangeddatetimeoffsetgreaterthan" not in w.fake.requests[1].query.lower()
+
+
+@pytest.mark.anyio
+async def test_repoll_without_changes_appends_nothing(tmp_path: Path) -> None:
+    """A second poll re-reads its overlap window but appends nothing, and leaves the cursor."""
+    async with world(tmp_path) as w:
+        await w.products()
+        cursor = await w.log.cursor(PRODUCTS_CURSOR, "acme")
+        w.clock.advance(minutes=15)
+        again = await w.products()
+        assert await w.log.cursor(PRODUCTS_CURSOR, "acme") == cursor
+        assert again.observed == 0
+        assert set((await w.per_entity(ProductObserved.TYPE)).values()) == {1}
+
+
+@pytest.mark.anyio
+async def test_records_sharing_the_cursor_timestamp_are_neither_lost_nor_duplicated(tmp_path: Path) -> None:
+    """Products stamped with the cursor's exact timestamp that appear only after a poll (replica lag) are
+    picked up by the overlap; those already seen are not appended again."""
+    async with world(tmp_path) as w:
+        await w.products()
+        one, two, three = goods(w)[:3]
+        w.clock.advance(hours=1)
+        w.fake.set_price(ACME, one, 11.0)
+        w.fake.set_price(ACME, two, 12.0)
+        first = await w.products()
+        stamp = await w.log.cursor(PRODUCTS_CURSOR, "acme")
+        # A product saved in the same instant becomes visible only now; another changes a second later.
+        late = w.fake.add_product(ACME, code="LATE-1", name="Sen vare")
+        w.clock.advance(seconds=1)
+        w.fake.set_price(ACME, three, 13.0)
+        second = await w.products()
+        counts = await w.per_entity(ProductObserved.TYPE)
+        cursor = await w.log.cursor(PRODUCTS_CURSOR, "acme")
+    company = w.fake.company(ACME)
+    p1, p2, p3 = (company.product_by_code(c)["Id"] for c in (one, two, three))
+    assert first.observed == 2
+    assert stamp == parse_timestamp(late["LastChangedDateTimeOffset"]).isoformat()
+    assert second.observed == 2  # LATE-1 and the third; the first two were re-read but are unchanged
+    assert counts[f"product:{late['Id']}"] == 1
+    assert counts[f"product:{p1}"] == counts[f"product:{p2}"] == counts[f"product:{p3}"] == 2
+    assert cursor == (NOW + timedelta(hours=1, seconds=1)).isoformat()
+
+
+@pytest.mark.anyio
+async def test_without_overlap_the_boundary_record_would_be_lost(tmp_path: Path) -> None:
+    """The reason for the overlap: a strict `>` filter from the cursor alone misses a late record at it."""
+    async with world(tmp_path) as w:
+        await w.products()
+        w.clock.advance(hours=1)
+        w.fake.set_price(ACME, goods(w)[0], 11.0)
+        await w.products()
+        late = w.fake.add_product(ACME, code="LATE-1", name="Sen vare")
+        cursor = parse_timestamp(str(await w.log.cursor(PRODUCTS_CURSOR, "acme")))
+        pages = [page async for page in w.client.products(changed_after=cursor)]
+    assert parse_timestamp(late["LastChangedDateTimeOffset"]) == cursor
+    assert pages == []
+
+
+@pytest.mark.anyio
+async def test_stock_changes_are_invisible_to_the_product_poll(tmp_path: Path) -> None:
+    """A stock-only change does not move LastChanged, so the product poll does not see it (the known trap)."""
+    async with world(tmp_path) as w:
+        await w.products()
+        w.clock.advance(hours=1)
+        w.fake.set_stock(ACME, goods(w)[0], 999)  # its LastChanged is long before the overlap window
+        result = await w.products()
+    assert result.observed == 0
+
+
+@pytest.mark.anyio
+async def test_stock_written_back_is_not_a_new_product_observation(tmp_path: Path) -> None:
+    """The newest product is always re-read in the overlap; a stock patch on it (our own write-back) is not a
+    product change, so the re-read appends nothing. A real change to it still does."""
+    async with world(tmp_path) as w:
+        await w.products()
+        products = w.fake.company(ACME).products.values()
+        newest = max(products, key=lambda p: parse_timestamp(p["LastChangedDateTimeOffset"]))["Code"]
+        w.clock.advance(minutes=1)
+        w.fake.set_stock(ACME, newest, 4242)
+        stock_only = await w.products()
+        w.fake.set_price(ACME, newest, 1.0)
+        priced = await w.products()
+    assert stock_only.seen >= 1
+    assert stock_only.observed == 0
+    assert priced.observed == 1
+
+
+@pytest.mark.anyio
+async def test_cursor_comes_from_the_data_not_the_clock(tmp_path: Path) -> None:
+    """The cursor is the newest change seen, however late the poll runs; an absurd future stamp is ignored."""
+    async with world(tmp_path) as w:
+        odd = goods(w)[0]
+        w.fake.company(ACME).product_by_code(odd)["LastChangedDateTimeOffset"] = "2099-01-01T00:00:00.0000000Z"
+        w.clock.advance(days=30)
+        await w.products()
+        cursor = await w.log.cursor(PRODUCTS_CURSOR, "acme")
+    sane = [p for p in w.fake.company(ACME).products.values() if p["Code"] != odd]
+    assert cursor == latest_stamp(sane, "LastChangedDateTimeOffset")
+
+
+@pytest.mark.anyio
+async def test_a_poll_failing_halfway_leaves_the_cursor(tmp_path: Path) -> None:
+    """A permanent error on page 3 of 5 fails the poll without moving the cursor; the next poll then
+    observes every product exactly once."""
+    async with world(tmp_path, page_size=5) as w:
+        await w.products()
+        before = await w.log.cursor(PRODUCTS_CURSOR, "acme")
+        w.clock.advance(hours=1)
+        for n, product in enumerate(list(w.fake.company(ACME).products.values())):
+            w.fake.set_price(ACME, product["Code"], float(n))
+        w.fake.faults.add(Fault("status", status=400), path=r"/v2/products\?.*PageNumber=3")
+        with pytest.raises(PermanentApiError):
+            await w.products()
+        assert await w.log.cursor(PRODUCTS_CURSOR, "acme") == before
+        partial = await w.per_entity(ProductObserved.TYPE)
+        result = await w.products()
+        counts = await w.per_entity(ProductObserved.TYPE)
+        after = await w.log.cursor(PRODUCTS_CURSOR, "acme")
+    # Page 1 was committed; page 2 was held back to go with the cursor, and the failure came first.
+    assert sum(partial.values()) == 25 + 5
+    assert result.observed == 20
+    assert set(counts.values()) == {2}  # first sweep plus the price change, each once
+    assert after == (NOW + timedelta(hours=1)).isoformat()
+
+
+# --------------------------------------------------------------------------------------------------- invoices
+
+
+def unpaid(w: World, count: int) -> list[dict[str, Any]]:
+    return [
+        i for i in w.fake.company(ACME).invoices.values() if i["VoucherType"] == "OutgoingInvoice" and i["Balance"] != 0
+    ][:count]
+
+
+@pytest.mark.anyio
+async def test_first_invoice_poll_starts_at_orders_since(tmp_path: Path) -> None:
+    """History before `orders_since` is never read; invoices paid after it are observed with lines, customer
+    and delivery addresses, at about one request each."""
+    async with world(tmp_path) as w:
+        first = await w.invoices()
+        assert first.observed == 0
+        assert await w.log.cursor(INVOICES_SINCE, "acme") == NOW.isoformat()
+        w.clock.advance(hours=1)
+        paid = unpaid(w, 3)
+        for invoice in paid:
+            w.fake.pay_invoice(ACME, invoice["Id"])
+        mark = len(w.fake.requests)
+        result = await w.invoices()
+        events = await w.events(InvoiceObserved.TYPE)
+        cursor = await w.log.cursor(INVOICES_CURSOR, "acme")
+    company = w.fake.company(ACME)
+    assert {e.entity for e in events} == {f"invoice:{i['Id']}" for i in paid}
+    assert result.observed == 3
+    assert cursor == (NOW + timedelta(hours=1)).isoformat()
+    assert sorted(w.requests_since(mark)) == sorted(
+        ["/v2/outgoinginvoices", "/v2/customers", "/v2/contactdeliveryaddresses"]
+        + [f"/v2/outgoinginvoices/{i['Id']}/lines" for i in paid]
+    )
+    assert result.requests == 6
+    for stored in events:
+        event = stored.event
+        invoice_id = event.invoice["Id"]
+        customer = company.customer_by_number(event.invoice["CustomerNo"])
+        assert event.invoice == company.invoices[invoice_id]
+        assert event.lines == company.invoice_lines[invoice_id]
+        assert event.customer == customer
+        addresses = [a for a in company.delivery_addresses.values() if a["ContactId"] == customer["Id"]]
+        assert sorted(a["Id"] for a in event.delivery_addresses) == sorted(a["Id"] for a in addresses)
+
+
+@pytest.mark.anyio
+async def test_non_orders_are_observed_without_lines(tmp_path: Path) -> None:
+    """Unpaid invoices and credit notes changed after the start are observed (for audit) with no line reads."""
+    async with world(tmp_path) as w:
+        await w.invoices()
+        w.clock.advance(hours=1)
+        open_invoice = w.fake.add_invoice(
+            ACME, {"VoucherType": "OutgoingInvoice", "Balance": 100.0, "CustomerNo": 10001}
+        )
+        credit = w.fake.add_invoice(ACME, {"VoucherType": "OutgoingCreditNote", "Balance": 0.0, "CustomerNo": 10001})
+        mark = len(w.fake.requests)
+        result = await w.invoices()
+        events = {e.entity: e.event for e in await w.events(InvoiceObserved.TYPE)}
+    assert result.observed == 2
+    assert w.requests_since(mark) == ["/v2/outgoinginvoices"]
+    for invoice in (open_invoice, credit):
+        event = events[f"invoice:{invoice['Id']}"]
+        assert (event.lines, event.customer, event.delivery_addresses) == ([], None, [])
+
+
+@pytest.mark.anyio
+async def test_invoiced_trigger_reads_lines_of_unpaid_invoices(tmp_path: Path) -> None:
+    """With order_trigger "invoiced", an unpaid invoice gets its lines too (credit notes still do not)."""
+    async with world(tmp_path, order_trigger="invoiced") as w:
+        await w.invoices()
+        w.clock.advance(hours=1)
+        source = unpaid(w, 1)[0]
+        header = {k: v for k, v in source.items() if not k.endswith("DateTimeOffset")}
+        fresh = w.fake.add_invoice(
+            ACME,
+            {**header, "Id": "6f1f4f0e-9a55-4d2b-9d39-0c5a3c6e1b11"},
+            w.fake.company(ACME).invoice_lines[source["Id"]],
+        )
+        await w.invoices()
+        events = await w.events(InvoiceObserved.TYPE)
+    assert len(events) == 1
+    assert events[0].event.invoice["Id"] == fresh["Id"]
+    assert events[0].event.lines == w.fake.company(ACME).invoice_lines[source["Id"]]
+
+
+@pytest.mark.anyio
+async def test_overlap_reread_costs_no_line_requests(tmp_path: Path) -> None:
+    """Paid invoices re-read in the overlap window are recognised from the log: no lines, no look-ups."""
+    async with world(tmp_path) as w:
+        await w.invoices()
+        w.clock.advance(hours=1)
+        for invoice in unpaid(w, 4):
+            w.fake.pay_invoice(ACME, invoice["Id"])
+        await w.invoices()
+        w.clock.advance(minutes=1)
+        mark = len(w.fake.requests)
+        again = await w.invoices()
+        total = await w.per_entity(InvoiceObserved.TYPE)
+    assert again.seen == 4
+    assert again.observed == 0
+    assert w.requests_since(mark) == ["/v2/outgoinginvoices"]
+    assert set(total.values()) == {1}
+
+
+@pytest.mark.anyio
+async def test_overlap_never_reaches_before_orders_since(tmp_path: Path) -> None:
+    """A payment just before the stored start stays unobserved, even inside a later poll's overlap window."""
+    async with world(tmp_path) as w:
+        early, later = unpaid(w, 2)
+        w.clock.now = NOW - timedelta(minutes=1)
+        w.fake.pay_invoice(ACME, early["Id"])
+        w.clock.now = NOW + timedelta(minutes=1)
+        w.fake.pay_invoice(ACME, later["Id"])
+        await w.invoices(orders_since=NOW)
+        await w.invoices(orders_since=NOW + timedelta(days=5))  # a later default must not move the stored start
+        entities = set(await w.per_entity(InvoiceObserved.TYPE))
+        since = await w.log.cursor(INVOICES_SINCE, "acme")
+    assert entities == {f"invoice:{later['Id']}"}
+    assert since == NOW.isoformat()
+
+
+@pytest.mark.anyio
+async def test_configured_orders_since_overrides_the_stored_default(tmp_path: Path) -> None:
+    """A tenant's configured orders_since is the floor even when a default one was stored earlier."""
+    async with world(tmp_path) as w:
+        await w.invoices(orders_since=NOW)
+    async with world(tmp_path, orders_since=NOW + timedelta(hours=2)) as w:
+        early, late = unpaid(w, 2)
+        w.clock.now = NOW + timedelta(hours=1)
+        w.fake.pay_invoice(ACME, early["Id"])
+        w.clock.now = NOW + timedelta(hours=3)
+        w.fake.pay_invoice(ACME, late["Id"])
+        await w.invoices(orders_since=NOW + timedelta(hours=2))
+        entities = set(await w.per_entity(InvoiceObserved.TYPE))
+        since = await w.log.cursor(INVOICES_SINCE, "acme")
+    assert entities == {f"invoice:{late['Id']}"}
+    assert since == (NOW + timedelta(hours=2)).isoformat()
+
+
+@pytest.mark.anyio
+async def test_invoice_poll_failing_on_lines_leaves_the_cursor(tmp_path: Path) -> None:
+    """A lines read that keeps failing fails the poll with the client's error (not an ExceptionGroup); the
+    cursor stays; the next poll observes each invoice once."""
+    async with world(tmp_path, policy=RetryPolicy(attempts=2)) as w:
+        await w.invoices()
+        w.clock.advance(hours=1)
+        paid = unpaid(w, 3)
+        for invoice in paid:
+            w.fake.pay_invoice(ACME, invoice["Id"])
+        w.fake.faults.add(Fault("status", status=503), path=f"/{paid[1]['Id']}/lines", times=2)
+        with pytest.raises(TransientApiError):
+            await w.invoices()
+        assert await w.log.cursor(INVOICES_CURSOR, "acme") is None
+        result = await w.invoices()
+        counts = await w.per_entity(InvoiceObserved.TYPE)
+    assert result.observed == 3
+    assert counts == Counter({f"invoice:{i['Id']}": 1 for i in paid})
+
+
+@pytest.mark.anyio
+async def test_payment_after_an_unpaid_observation_is_observed_with_details(tmp_path: Path) -> None:
+    """An invoice first seen unpaid (no lines) is observed again, complete, once it is paid."""
+    async with world(tmp_path) as w:
+        await w.invoices()
+        w.clock.advance(hours=1)
+        invoice = w.fake.add_invoice(
+            ACME,
+            {"VoucherType": "OutgoingInvoice", "Balance": 50.0, "CustomerNo": 10002},
+            [{"Id": 1, "LineType": "Normal"}],
+        )
+        await w.invoices()
+        w.clock.advance(hours=1)
+        w.fake.pay_invoice(ACME, invoice["Id"])
+        await w.invoices()
+        history = [e.event for e in await w.events(InvoiceObserved.TYPE)]
+    assert [e.invoice["Balance"] for e in history] == [50.0, 0.0]
+    assert [e.lines for e in history] == [[], [{"Id": 1, "LineType": "Normal"}]]
+    assert history[1].customer == w.fake.company(ACME).customer_by_number(10002)
