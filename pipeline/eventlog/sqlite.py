@@ -26,7 +26,7 @@ import orjson
 
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
 from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent
-from pipeline.events import decode_dict, encode
+from pipeline.events import decode_dict, encode, to_dict
 
 Clock = Callable[[], datetime]
 
@@ -214,7 +214,7 @@ class SqliteEventLog:
         for tenant, entity, ev, dedupe_key, causation, mapping_version in events:
             try:
                 # Observations (parsed JSON) take orjson's C path directly; others go through the checking codec.
-                payload = (dumps(ev) if ev.FROM_JSON else encode(ev)).decode()
+                payload = (dumps(to_dict(ev)) if ev.FROM_JSON else encode(ev)).decode()
             except (TypeError, CodecError) as exc:
                 raise CodecError(f"cannot encode {ev.TYPE} for {tenant}/{entity}: {exc}") from exc
             append((recorded, tenant, entity, ev.TYPE, ev.VERSION, payload, causation, mapping_version, dedupe_key))
