@@ -38,6 +38,7 @@ from pipeline.config import TenantSettings
 from pipeline.errors import PermanentApiError
 from pipeline.eventlog.base import EventLog, NewEvent
 from pipeline.events import InvoiceObserved, ProductObserved, to_dict
+from pipeline.mapping.orders import invoice_wants_order
 
 logger = logging.getLogger(__name__)
 
@@ -180,13 +181,11 @@ async def poll_products(
 
 
 def becomes_order(invoice: JsonObject, tenant: TenantSettings) -> bool:
-    """Whether this invoice would become a warehouse order under the tenant's `order_trigger`."""
-    if invoice.get("VoucherType") == "OutgoingCreditNote":
-        return False
-    if tenant.order_trigger == "invoiced":
-        return True
-    balance = invoice.get("Balance")
-    return isinstance(balance, int | float) and not isinstance(balance, bool) and balance == 0
+    """Whether this invoice would become a warehouse order under the tenant's `order_trigger`.
+
+    The mapping's own rule decides, so the poller fetches details for exactly the invoices the projector maps.
+    """
+    return invoice_wants_order(invoice, tenant) is None
 
 
 async def poll_invoices(
