@@ -1,0 +1,85 @@
+"""Senders: deliver commands from the log and record the outcomes. See `pipeline.senders.base` for the contract.
+
+    sender = Sender(log, tenants, ongoing=ongoing_client, poweroffice=poweroffice_client, parallel=8)
+    summary = await sender.run_once()        # or: await send_commands(log, tenants, ongoing=..., ...)
+
+`ongoing` / `poweroffice` are anything with `for_tenant(tenant)` returning a target (`OngoingClient`,
+`PowerOfficeClient`, or a test stand-in); leaving one out leaves its stage out. Retries (backoff with jitter,
+Retry-After, bounded attempts and time) live in those clients' RetryPolicy, so the sender takes none of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from pipeline.config import TenantSettings
+from pipeline.eventlog.base import EventLog
+from pipeline.senders.base import SendSummary, Stage, StageRunner, TenantSummary
+from pipeline.senders.ongoing import OngoingStage, OngoingTarget
+from pipeline.senders.poweroffice import StockBackStage, StockTarget
+
+
+class OngoingTargets(Protocol):
+    def for_tenant(self, tenant: TenantSettings, /) -> OngoingTarget: ...
+
+
+class StockTargets(Protocol):
+    def for_tenant(self, tenant: TenantSettings, /) -> StockTarget: ...
+
+
+class Sender(StageRunner):
+    """The Ongoing stage (articles, orders) and the PowerOffice stock write-back, for `tenants`.
+
+    `parallel`: lanes (tenants) at once per stage; `stock_in_flight`: stock patches one tenant may have waiting
+    at the PowerOffice limiter.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        tenants: Sequence[TenantSettings],
+        *,
+        ongoing: OngoingTargets | None = None,
+        poweroffice: StockTargets | None = None,
+        parallel: int = 8,
+        stock_in_flight: int = 4,
+    ) -> None:
+        stages: list[Stage] = []
+        if ongoing is not None:
+            stages.append(OngoingStage(ongoing.for_tenant))
+        if poweroffice is not None:
+            stages.append(StockBackStage(poweroffice.for_tenant, in_flight=stock_in_flight))
+        super().__init__(log, stages, tenants, parallel=parallel)
+
+
+async def send_commands(
+    log: EventLog,
+    tenants: Sequence[TenantSettings],
+    *,
+    ongoing: OngoingTargets | None = None,
+    poweroffice: StockTargets | None = None,
+    parallel: int = 8,
+    stock_in_flight: int = 4,
+) -> SendSummary:
+    """One round: deliver every deliverable command of `tenants` and record the outcomes.
+
+    Raises StoreError when the log fails; a target's errors become outcome events instead.
+    """
+    sender = Sender(
+        log, tenants, ongoing=ongoing, poweroffice=poweroffice, parallel=parallel, stock_in_flight=stock_in_flight
+    )
+    return await sender.run_once()
+
+
+__all__ = [
+    "OngoingStage",
+    "OngoingTargets",
+    "SendSummary",
+    "Sender",
+    "StageRunner",
+    "StockBackStage",
+    "StockTargets",
+    "TenantSummary",
+    "send_commands",
+]
