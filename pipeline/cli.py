@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import anyio
+from rich.console import Console
 
 from pipeline import __version__
 from pipeline.config import Settings, load_settings
@@ -23,21 +28,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="TOML configuration (see README)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("demo", help="run a full sync against built-in fake APIs, then show what happened")
+    demo = sub.add_parser("demo", help="run a full sync against built-in fake APIs, then show what happened")
+    demo.add_argument("--dir", default="demo-data", help="where the demo keeps its database (default: demo-data)")
     sub.add_parser("sync", help="one cycle for every tenant: poll, project, send, stock back; then exit")
-    sub.add_parser("run", help="the long-running service: a cycle every interval")
+    sub.add_parser("run", help="the long-running service: a cycle every interval until SIGINT/SIGTERM")
+
     replay = sub.add_parser("replay", help="re-project a time window with the current mapping")
-    replay.add_argument("--from", dest="window_from", required=True, metavar="T")
-    replay.add_argument("--to", dest="window_to", required=True, metavar="T")
+    replay.add_argument("--from", dest="window_from", required=True, metavar="T", help="RFC 3339 start (inclusive)")
+    replay.add_argument("--to", dest="window_to", required=True, metavar="T", help="RFC 3339 end (exclusive)")
     replay.add_argument("--tenant")
     replay.add_argument("--kind", choices=["products", "orders", "stock"])
-    replay.add_argument("--dry-run", action="store_true")
-    audit = sub.add_parser("audit", help="history of an entity, failures, stats (read-only)")
-    audit.add_argument("--json", action="store_true")
+    replay.add_argument("--dry-run", action="store_true", help="show the per-field diff, append and send nothing")
+    replay.add_argument("--resend-orders", action="store_true", help="send changed orders even if delivered")
+
+    audit = sub.add_parser("audit", help="history of an entity, lineage, failures, stats, read-only SQL")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    what = audit.add_subparsers(dest="audit", metavar="QUESTION", required=True)
+    history = what.add_parser("history", help="what happened to one entity (product:<id>, invoice:<id>, ...)")
+    history.add_argument("tenant")
+    history.add_argument("entity")
+    lineage = what.add_parser("lineage", help="the causation chain through one log position")
+    lineage.add_argument("position", type=int)
+    failures = what.add_parser("failures", help="quarantined entities and standing mapping failures")
+    failures.add_argument("--tenant")
+    what.add_parser("stats", help="event counts per tenant and type")
+    sql = what.add_parser("sql", help="any read-only SQL against the log")
+    sql.add_argument("query")
+
+    redrive = sub.add_parser("redrive", help="release a quarantined entity so its latest command is sent again")
+    redrive.add_argument("tenant")
+    redrive.add_argument("entity")
+    redrive.add_argument("--reason", default="operator re-drive")
+
     fakes = sub.add_parser("fakes", help="serve both fake APIs on localhost for manual runs")
     fakes.add_argument("--host", default="127.0.0.1")
     fakes.add_argument("--poweroffice-port", type=int, default=8081)
     fakes.add_argument("--ongoing-port", type=int, default=8082)
+    fakes.add_argument("--tenants", type=int, default=3)
+    fakes.add_argument("--write-config", metavar="FILE", help="write a pipeline config pointing at the fakes")
     return parser
 
 
@@ -47,25 +75,76 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
+def _time(text: str, name: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError([f"{name}: expected an RFC 3339 date-time, got {text!r}"], "command line") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     if args.command is None:
         parser.print_help()
         return EXIT_SETUP
+    console = Console(soft_wrap=True)
     try:
-        if args.command in {"sync", "run", "replay", "audit"}:
-            _settings(args)
-        print(f"pipeline {args.command}: not built yet", file=sys.stderr)
-        return EXIT_SETUP
+        return _dispatch(args, console)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SETUP
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, console: Console) -> int:
+    # Imported here so that `pipeline --help` and config errors stay fast and need no I/O libraries.
+    from pipeline import commands
+
+    if args.command == "demo":
+        return anyio.run(commands.demo, console, args.dir)
+    if args.command == "fakes":
+        return anyio.run(
+            commands.serve_fakes,
+            console,
+            args.host,
+            args.poweroffice_port,
+            args.ongoing_port,
+            args.tenants,
+            args.write_config,
+        )
+    settings = _settings(args)
+    if args.command == "sync":
+        return anyio.run(commands.sync, console, settings)
+    if args.command == "run":
+        return anyio.run(commands.run_forever, console, settings, (signal.SIGINT, signal.SIGTERM))
+    if args.command == "replay":
+        window = (_time(args.window_from, "--from"), _time(args.window_to, "--to"))
+        if args.tenant and args.tenant not in {t.name for t in settings.tenants}:
+            raise ConfigError([f"--tenant: no tenant named {args.tenant!r}"], "command line")
+        return anyio.run(
+            lambda: commands.replay(
+                console,
+                settings,
+                window,
+                tenant=args.tenant,
+                kind=args.kind,
+                dry_run=args.dry_run,
+                resend_orders=args.resend_orders,
+            )
+        )
+    if args.command == "audit":
+        return anyio.run(commands.audit, console, settings, args)
+    if args.command == "redrive":
+        return anyio.run(commands.redrive, console, settings, args.tenant, args.entity, args.reason)
+    raise AssertionError(args.command)  # pragma: no cover: argparse rejects unknown commands

@@ -1,0 +1,84 @@
+"""What the commands print: cycle summaries, replay previews, audit rows. Output only; no decisions here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.audit import Row
+from pipeline.replay import ReplayReport
+from pipeline.runtime import CycleReport
+
+
+def cycle_table(report: CycleReport, title: str = "sync") -> Table:
+    table = Table(title=f"{title} started {report.started:%Y-%m-%d %H:%M:%S} UTC")
+    for column in ("tenant", "observed", "commands", "delivered", "skipped", "failed", "waiting"):
+        table.add_column(column, justify="left" if column == "tenant" else "right")
+    for t in report.tenants.values():
+        table.add_row(
+            t.name,
+            str(t.observed),
+            str(t.commands),
+            str(t.delivered),
+            str(t.skipped),
+            f"[red]{t.failed}[/red]" if t.failed else "0",
+            str(t.waiting),
+        )
+    return table
+
+
+def print_cycle(console: Console, report: CycleReport, title: str = "sync") -> None:
+    console.print(cycle_table(report, title))
+    for t in report.tenants.values():
+        for error in t.errors:
+            console.print(f"[red]{t.name}[/red]: {error}", markup=True, highlight=False)
+
+
+def print_replay(console: Console, report: ReplayReport, *, limit: int = 200) -> None:
+    mode = "preview (nothing sent)" if report.dry_run else "applied"
+    console.print(f"replay {report.window_from.isoformat()} .. {report.window_to.isoformat()}: {mode}")
+    console.print(", ".join(f"{k} {v}" for k, v in report.counts().items()))
+    for change in report.changes[:limit]:
+        label = "new" if change.new else "changed"
+        console.print(f"  {change.tenant} {change.entity} ({label}, from #{change.source})", highlight=False)
+        for path, before, after in change.fields[:30]:
+            console.print(f"      {path}: {_show(before)} -> {_show(after)}", highlight=False, markup=False)
+    if len(report.changes) > limit:
+        console.print(f"  ... and {len(report.changes) - limit} more")
+
+
+def print_rows(console: Console, rows: Sequence[Row], *, as_json: bool) -> None:
+    if as_json:
+        console.print_json(orjson.dumps([r.as_json() for r in rows]).decode())
+        return
+    if not rows:
+        console.print("nothing found")
+        return
+    for r in rows:
+        cause = f" <- #{r.causation}" if r.causation else ""
+        console.print(
+            f"#{r.position:<7} {r.recorded_at[:19]} {r.tenant:<10} {r.entity:<48} {r.summary}{cause}",
+            highlight=False,
+            markup=False,
+        )
+
+
+def print_table(console: Console, header: Sequence[str], rows: Sequence[Sequence[Any]], *, as_json: bool) -> None:
+    if as_json:
+        console.print_json(orjson.dumps([dict(zip(header, r, strict=False)) for r in rows]).decode())
+        return
+    table = Table()
+    for h in header:
+        table.add_column(h)
+    for r in rows:
+        table.add_row(*(str(v) for v in r))
+    console.print(table)
+
+
+def _show(value: Any) -> str:
+    text = orjson.dumps(value).decode() if value is not None else "—"
+    return text if len(text) <= 80 else text[:79] + "…"

@@ -1,0 +1,150 @@
+"""Operator features through the CLI: audit, replay (preview and apply), re-drive of a quarantined entity."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import load_settings
+from pipeline.eventlog.sqlite import SqliteEventLog
+from pipeline.events import ArticleUpsertRequested, ReplayRecorded
+from pipeline.fakes.faults import Fault
+from pipeline.fakes.world import World, fake_world
+from pipeline.mapping import products as product_mapping
+from pipeline.runtime import CycleReport, Runtime
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    async with fake_world(1, products=12, customers=6, invoices=16, requests_per_second=1000) as w:
+        yield w
+
+
+@pytest.fixture
+def config(world: World, tmp_path: Path) -> Path:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(world.config_toml("pipeline.db", requests_per_second=1000), encoding="utf-8")
+    return path
+
+
+async def cycle(config: Path) -> CycleReport:
+    async with Runtime(load_settings(config)) as runtime:
+        return await runtime.cycle()
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """Run the CLI in a worker thread (it starts its own event loop) and capture what it printed."""
+    capsys.readouterr()
+    code = await anyio.to_thread.run_sync(main, list(args))
+    return code, capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_audit_history_shows_an_invoice_from_observation_to_delivery(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """History of a paid invoice lists its observation, its order command and the delivery, in order."""
+    await cycle(config)
+    t = world.tenants[0]
+    owner = world.ongoing.owner(t.goods_owner_id)
+    invoice_id = next(iter(owner.orders.values())).body["goodsOwnerOrderId"]
+    code, out = await cli(
+        capsys, "--config", str(config), "audit", "--json", "history", t.name, f"invoice:{invoice_id}"
+    )
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["type"] for r in rows][:3] == ["invoice.observed", "order.upsert_requested", "command.succeeded"]
+    assert rows[1]["causation"] == rows[0]["position"]
+    assert rows[2]["payload"]["command"] == rows[1]["position"]
+    code, out = await cli(capsys, "--config", str(config), "audit", "stats")
+    assert code == 0
+    assert "order.upsert_requested" in out
+    code, out = await cli(capsys, "--config", str(config), "audit", "failures")
+    assert (code, out.strip()) == (0, "nothing found")
+
+
+@pytest.mark.anyio
+async def test_replay_previews_then_applies_a_mapping_fix(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a mapping change, --dry-run shows per-field diffs and sends nothing; applying sends only those."""
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    await cycle(config)
+    t = world.tenants[0]
+    writes = len(world.ongoing.writes())
+    original = product_mapping.map_product
+
+    def fixed(product: dict[str, Any], group: Any, tenant: Any) -> Any:
+        mapped = original(product, group, tenant)
+        if mapped.body["articleNumber"].endswith(("1", "3")):
+            mapped.body["articleName"] = f"{mapped.body.get('articleName')} (fixed)"
+        return mapped
+
+    monkeypatch.setattr("pipeline.projectors.commands.map_product", fixed)
+    window = ["--from", start.isoformat(), "--to", (datetime.now(UTC) + timedelta(minutes=1)).isoformat()]
+    code, out = await cli(capsys, "--config", str(config), "replay", *window, "--kind", "products", "--dry-run")
+    assert code == 0
+    assert "articleName" in out
+    assert "(fixed)" in out
+    assert len(world.ongoing.writes()) == writes
+    settings = load_settings(config)
+    async with await SqliteEventLog.open(settings.database) as log:
+        records = [e.event async for e in log.read(types=[ReplayRecorded.TYPE])]
+        commands_before = [e async for e in log.read(types=[ArticleUpsertRequested.TYPE])]
+    assert len(records) == 1
+    assert isinstance(records[0], ReplayRecorded)
+    assert records[0].dry_run
+    changed = records[0].counts["changed"]
+    assert changed > 0
+
+    code, out = await cli(capsys, "--config", str(config), "replay", *window, "--kind", "products")
+    assert code == 0
+    async with await SqliteEventLog.open(settings.database) as log:
+        commands_after = [e async for e in log.read(types=[ArticleUpsertRequested.TYPE])]
+    assert len(commands_after) == len(commands_before) + changed
+    async with Runtime(settings) as runtime:
+        await runtime.send()
+    new_writes = world.ongoing.writes()[writes:]
+    assert len(new_writes) == changed
+    for w in new_writes:
+        assert w.entity is not None
+        assert w.entity.endswith(("1", "3"))
+        assert world.ongoing.article(t.goods_owner_id, w.entity.split(":", 1)[1])["articleName"].endswith("(fixed)")
+
+
+@pytest.mark.anyio
+async def test_permanent_failure_quarantines_one_article_until_redriven(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 400 on one article fails only that entity (exit 1); after a re-drive the next cycle delivers it."""
+    t = world.tenants[0]
+    world.ongoing.faults.add(
+        Fault("status", status=400, body=b'{"Message":"The request is invalid."}'),
+        method="PUT",
+        path="/articles$",
+        times=1,
+    )
+    first = await cycle(config)
+    assert first.exit_code == 1
+    assert first.tenants[t.name].failed == 1
+    owner = world.ongoing.owner(t.goods_owner_id)
+    missing = {p["Code"] for p in t.company.products.values()} - set(owner.articles)
+    assert len(missing) == 1
+    (entity_code,) = missing
+    code, out = await cli(capsys, "--config", str(config), "audit", "failures")
+    assert code == 1
+    assert f"article:{entity_code}" in out
+    again = await cycle(config)
+    assert entity_code not in owner.articles  # still quarantined: not retried by itself
+    assert again.tenants[t.name].failed == 0
+    code, _ = await cli(capsys, "--config", str(config), "redrive", t.name, f"article:{entity_code}")
+    assert code == 0
+    await cycle(config)
+    assert entity_code in owner.articles
