@@ -100,6 +100,9 @@ class Settings:
     tenants: tuple[TenantSettings, ...]
     interval_seconds: float = 900.0
     source: Path | None = None
+    # `pipeline run` serves /healthz, /metrics and a status page here (port 0: any free port).
+    status_host: str = "127.0.0.1"
+    status_port: int = 8765
 
     def tenant(self, name: str) -> TenantSettings:
         for t in self.tenants:
@@ -285,7 +288,7 @@ def _kind(value: object) -> str:
     }.get(type(value), type(value).__name__)
 
 
-_TOP = {"database", "interval_seconds", "poweroffice", "ongoing", "tenants"}
+_TOP = {"database", "interval_seconds", "status_host", "status_port", "poweroffice", "ongoing", "tenants"}
 _PO = {
     "api_url",
     "token_url",
@@ -326,6 +329,10 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
     c.unknown("", raw, _TOP)
     database = c.path("", raw, "database")
     interval = c.number("", raw, "interval_seconds", 900.0, minimum=1)
+    status_host = c.string("", raw, "status_host", "127.0.0.1") or "127.0.0.1"
+    status_port = c.integer("", raw, "status_port", 8765, minimum=0)
+    if status_port > 65535:
+        c.problem("status_port", f"expected a port number up to 65535, got {status_port}")
 
     po_raw = c.table("", raw, "poweroffice")
     c.unknown("poweroffice", po_raw, _PO)
@@ -414,6 +421,8 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
         ongoing=ongoing,
         tenants=tuple(tenants),
         source=None,
+        status_host=status_host,
+        status_port=status_port,
     )
 
 
