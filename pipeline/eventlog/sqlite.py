@@ -160,6 +160,34 @@ def _split(script: str) -> list[str]:
     return out
 
 
+def _filters(
+    *,
+    tenant: str | None = None,
+    entity: str | None = None,
+    types: Collection[str] | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions and their parameters for the filters that are set (in this order)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (("tenant", tenant), ("entity", entity)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if types is not None:
+        names = list(types)
+        where.append(f"type IN ({', '.join('?' * len(names))})")
+        params.extend(names)
+    if since is not None:
+        where.append("recorded_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("recorded_at < ?")
+        params.append(until)
+    return where, params
+
+
 class SqliteEventLog:
     """`EventLog` on SQLite. Open with `await SqliteEventLog.open(path)`; close with `await log.close()`."""
 
@@ -296,29 +324,19 @@ class SqliteEventLog:
         batch_size: int = 1000,
     ) -> AsyncIterator[StoredEvent]:
         """Stream matching events in position order, `batch_size` rows per query (keyset paging)."""
-        where = ["position > ?"]
-        params: list[Any] = []
+        if types is not None and not types:
+            return
+        where, params = _filters(
+            tenant=tenant,
+            entity=entity,
+            types=types,
+            since=format_time(since) if since else None,
+            until=format_time(until) if until else None,
+        )
+        where.insert(0, "position > ?")
         if upto is not None:
             where.append("position <= ?")
             params.append(upto)
-        if tenant is not None:
-            where.append("tenant = ?")
-            params.append(tenant)
-        if entity is not None:
-            where.append("entity = ?")
-            params.append(entity)
-        if types is not None:
-            types = list(types)
-            if not types:
-                return
-            where.append(f"type IN ({', '.join('?' * len(types))})")
-            params.extend(types)
-        if since is not None:
-            where.append("recorded_at >= ?")
-            params.append(format_time(since))
-        if until is not None:
-            where.append("recorded_at < ?")
-            params.append(format_time(until))
         sql = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT ?"
         # The next page is fetched on the reader's thread while this one is decoded here.
         pending = asyncio.ensure_future(self._fetch(sql, [after, *params, batch_size]))
@@ -341,17 +359,9 @@ class SqliteEventLog:
         self, types: Collection[str], *, tenant: str | None = None, entity: str | None = None
     ) -> dict[tuple[str, str], StoredEvent]:
         """The latest event of any of `types` per (tenant, entity)."""
-        types = list(types)
         if not types:
             return {}
-        where = [f"type IN ({', '.join('?' * len(types))})"]
-        params: list[Any] = list(types)
-        if tenant is not None:
-            where.append("tenant = ?")
-            params.append(tenant)
-        if entity is not None:
-            where.append("entity = ?")
-            params.append(entity)
+        where, params = _filters(tenant=tenant, entity=entity, types=types)
         sql = (
             f"SELECT {_COLUMNS} FROM events WHERE position IN ("
             f"SELECT max(position) FROM events WHERE {' AND '.join(where)} GROUP BY tenant, entity)"

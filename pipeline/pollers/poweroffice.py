@@ -128,6 +128,24 @@ class _PageWriter:
             self.appended += (await self._log.append(events, cursors=cursors or None)).appended
 
 
+async def _finish(
+    writer: _PageWriter,
+    cursor_name: str,
+    tenant: TenantSettings,
+    cursor: datetime | None,
+    best: datetime | None,
+    seen: int,
+    pages: int,
+    requests: int,
+) -> PollResult:
+    """Append the held last page with the cursor move (when the largest timestamp seen moved it)."""
+    moves: dict[tuple[str, str], str] = {}
+    if best is not None and best != cursor:
+        moves[(cursor_name, tenant.name)] = best.isoformat()
+    await writer.finish(moves)
+    return PollResult(writer.appended, seen, pages, requests, best.isoformat() if best else None)
+
+
 # --------------------------------------------------------------------------------------------------- products
 
 
@@ -169,12 +187,7 @@ async def poll_products(
         await writer.page(events)
         pages += 1
         seen += len(page)
-    moves: dict[tuple[str, str], str] = {}
-    if best is not None and best != cursor:
-        moves[(PRODUCTS_CURSOR, tenant.name)] = best.isoformat()
-    await writer.finish(moves)
-    text = best.isoformat() if best else None
-    return PollResult(writer.appended, seen, pages, client.requests - requests_before, text)
+    return await _finish(writer, PRODUCTS_CURSOR, tenant, cursor, best, seen, pages, client.requests - requests_before)
 
 
 # --------------------------------------------------------------------------------------------------- invoices
@@ -240,12 +253,7 @@ async def poll_invoices(
         await writer.page(events)
         pages += 1
         seen += len(page)
-    moves: dict[tuple[str, str], str] = {}
-    if best is not None and best != cursor:
-        moves[(INVOICES_CURSOR, tenant.name)] = best.isoformat()
-    await writer.finish(moves)
-    text = best.isoformat() if best else None
-    return PollResult(writer.appended, seen, pages, client.requests - requests_before, text)
+    return await _finish(writer, INVOICES_CURSOR, tenant, cursor, best, seen, pages, client.requests - requests_before)
 
 
 async def _already_observed(log: EventLog, tenant: TenantSettings, invoice: JsonObject) -> bool:
