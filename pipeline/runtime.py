@@ -122,17 +122,21 @@ class Runtime:
         say = progress or (lambda _step: None)
         started = self.clock()
         reports = {t.name: TenantReport(t.name) for t in self.settings.tenants}
-        for phase, poll in (("PowerOffice", self._poll_poweroffice), ("Ongoing stock", self._poll_stock)):
-            say(f"polling {phase}")
+        phases = (
+            ("PowerOffice", "products and invoices → Ongoing", self._poll_poweroffice),
+            ("Ongoing stock", "stock → PowerOffice", self._poll_stock),
+        )
+        for phase, label, poll in phases:
+            say(f"{label}: polling {phase}")
             async with anyio.create_task_group() as tg:
                 for tenant in self.settings.tenants:
                     tg.start_soon(self._guarded, phase, poll, tenant, started, reports[tenant.name])
-            say("projecting observations into commands")
+            say(f"{label}: projecting")
             for tenant in self.settings.tenants:
                 result = await project(self.log, tenant)
                 reports[tenant.name].commands += result.commands
                 reports[tenant.name].failed += result.failed
-            say("sending commands")
+            say(f"{label}: sending")
             summary = await self.send()
             for name, counts in summary.tenants.items():
                 r = reports[name]
