@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import orjson
 
@@ -41,6 +41,18 @@ E = TypeVar("E", bound=type[Event])
 _REGISTRY: dict[str, type[Event]] = {}
 _FIELDS: dict[str, tuple[str, ...]] = {}
 _TO_DICT: dict[str, Callable[[Any], JsonObject]] = {}
+
+
+class RowMeta(NamedTuple):
+    """What the log needs per event class to store one: looked up once per row by class."""
+
+    type: str
+    version: int
+    from_json: bool
+    to_dict: Callable[[Any], JsonObject]
+
+
+ROW_META: dict[type[Event], RowMeta] = {}
 Upcaster = Callable[[JsonObject], JsonObject]
 _UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
@@ -55,6 +67,7 @@ def register(cls: E) -> E:
     _REGISTRY[name] = cls
     _FIELDS[name] = tuple(f.name for f in dataclasses.fields(cls))
     _TO_DICT[name] = _dict_builder(_FIELDS[name])
+    ROW_META[cls] = RowMeta(name, cls.VERSION, cls.FROM_JSON, _TO_DICT[name])
     return cls
 
 

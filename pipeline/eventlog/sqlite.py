@@ -26,7 +26,7 @@ import orjson
 
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
 from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent
-from pipeline.events import decode_dict, encode, to_dict
+from pipeline.events import ROW_META, decode_dict, encode
 
 Clock = Callable[[], datetime]
 
@@ -239,13 +239,15 @@ class SqliteEventLog:
         rows: list[tuple[Any, ...]] = []
         append = rows.append
         dumps = orjson.dumps
+        meta = ROW_META
         for tenant, entity, ev, dedupe_key, causation, mapping_version in events:
+            type_, version, from_json, fields = meta[ev.__class__]
             try:
                 # Observations (parsed JSON) take orjson's C path directly; others go through the checking codec.
-                payload = (dumps(to_dict(ev)) if ev.FROM_JSON else encode(ev)).decode()
+                payload = (dumps(fields(ev)) if from_json else encode(ev)).decode()
             except (TypeError, CodecError) as exc:
-                raise CodecError(f"cannot encode {ev.TYPE} for {tenant}/{entity}: {exc}") from exc
-            append((recorded, tenant, entity, ev.TYPE, ev.VERSION, payload, causation, mapping_version, dedupe_key))
+                raise CodecError(f"cannot encode {type_} for {tenant}/{entity}: {exc}") from exc
+            append((recorded, tenant, entity, type_, version, payload, causation, mapping_version, dedupe_key))
         return rows
 
     async def append(
