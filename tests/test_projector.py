@@ -286,3 +286,15 @@ def test_nan_price_is_a_failure_not_a_command() -> None:
     assert done.command is None
     assert done.failure is not None
     assert done.failure.field == "UnitPrice"
+
+
+def test_stock_index_keeps_every_field_the_stock_mapping_reads() -> None:
+    """The projector's trimmed product index maps stock exactly like the full product does."""
+    from pipeline.mapping import map_stock
+
+    state = Projection(TENANT)
+    for product in fixture("poweroffice/products.json"):
+        state.remember_product(product)
+        trimmed = state.products[product["Code"]]
+        for figures in ({"numberOfItems": 5.0}, {"numberOfItems": -1.0}, {}):
+            assert map_stock(figures, trimmed, TENANT) == map_stock(figures, product, TENANT)

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 STAGE = "projector"
 OBSERVED = (ProductObserved.TYPE, InvoiceObserved.TYPE, StockObserved.TYPE)
 COMMANDS = (ArticleUpsertRequested.TYPE, OrderUpsertRequested.TYPE, StockPatchRequested.TYPE)
+# The product fields `map_stock` reads.
+STOCK_PRODUCT_FIELDS = ("Id", "Code", "IsStockItem")
 
 
 def fingerprint(event: Event) -> str:
@@ -110,7 +112,8 @@ class Projection:
     def remember_product(self, product: dict[str, Any]) -> None:
         code = product.get("Code")
         if isinstance(code, str) and code.strip():
-            self.products[code.strip()] = product
+            # Only what the stock mapping reads: a tenant may have tens of thousands of products.
+            self.products[code.strip()] = {k: product.get(k) for k in STOCK_PRODUCT_FIELDS}
 
     def order_number(self, invoice: dict[str, Any], invoice_id: str) -> tuple[str, str | None]:
         """The order number for an invoice, and the number it could not have (None when not renumbered)."""
