@@ -46,3 +46,18 @@ def test_scripts_demo_runs_offline_and_leaves_its_database(tmp_path: Path) -> No
     assert (tmp_path / "demo" / "pipeline.toml").exists()
     assert "audit" in out
     assert "replay" in out
+
+
+def test_readme_config_example_loads(tmp_path: Path) -> None:
+    """The README's config example is a valid config once its environment variables are set."""
+    from pipeline.config import load_settings
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(.*?)```", readme, re.S)
+    assert block is not None
+    path = tmp_path / "pipeline.toml"
+    path.write_text(block.group(1), encoding="utf-8")
+    names = set(re.findall(r"\$\{([A-Z_]+)\}", block.group(1)))
+    settings = load_settings(path, env={name: f"value-of-{name}" for name in names})
+    assert [t.name for t in settings.tenants] == ["acme"]
+    assert settings.database == tmp_path / "pipeline.db"
