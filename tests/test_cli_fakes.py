@@ -59,6 +59,27 @@ def test_fakes_command_serves_a_world_that_sync_can_use(tmp_path: Path) -> None:
             assert done.returncode == 0, done.stdout + done.stderr
             assert "nordlys" in done.stdout
         assert (tmp_path / "pipeline.db").exists()
+
+        # `run` against the same fakes: a cycle, then SIGTERM finishes it and exits 0.
+        config.write_text("status_port = 0\n" + config.read_text(encoding="utf-8"), encoding="utf-8")
+        service = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "--config", str(config), "run"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert service.stdout is not None
+        seen = []
+        for line in service.stdout:
+            seen.append(line)
+            if line.startswith("└"):  # the end of the first cycle's summary table
+                break
+        assert any(line.startswith("status: http://") for line in seen), seen
+        service.send_signal(signal.SIGTERM)
+        rest = service.stdout.read()
+        assert service.wait(timeout=30) == 0
+        service.stdout.close()
+        assert "SIGTERM: finishing the current cycle, then stopping" in rest
     finally:
         fakes.send_signal(signal.SIGINT)
         assert fakes.wait(timeout=20) == 0
