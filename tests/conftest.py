@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import stamina
+from hypothesis import settings
+
+# Property tests explore a fixed sequence of examples, so a run is repeatable: a failure seen once is seen again.
+# (`HYPOTHESIS_PROFILE=explore` searches afresh each run, for hunting new counterexamples locally.)
+settings.register_profile("repeatable", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 DATA = Path(__file__).parent / "data"
 
