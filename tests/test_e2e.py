@@ -22,6 +22,7 @@ from pipeline.mapping import (
 )
 from pipeline.runtime import CycleReport, Runtime
 from tests.mapping_schema import validate
+from tests.ongoing_schema import fake_validator
 
 # The fakes keep real time (payments, stock changes), so the pipeline runs at a fixed moment of today.
 NOW = datetime.now(UTC)
@@ -35,7 +36,9 @@ def fixed_clock() -> datetime:
 async def world() -> AsyncIterator[World]:
     # A high limit keeps the test fast; the limiter itself is tested on its own.
     async with fake_world(2, products=25, customers=10, invoices=30, now=NOW, requests_per_second=500) as w:
+        w.ongoing.validator = fake_validator  # every body the pipeline sends must fit the schema
         yield w
+    assert w.ongoing.schema_violations == []
 
 
 def settings_for(world: World, tmp_path: Path) -> Settings:

@@ -19,12 +19,15 @@ from pipeline.fakes.faults import Fault
 from pipeline.fakes.world import World, fake_world
 from pipeline.mapping import products as product_mapping
 from pipeline.runtime import CycleReport, Runtime
+from tests.ongoing_schema import fake_validator
 
 
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
     async with fake_world(1, products=12, customers=6, invoices=16, requests_per_second=1000) as w:
+        w.ongoing.validator = fake_validator  # every body the pipeline sends must fit the schema
         yield w
+    assert w.ongoing.schema_violations == []
 
 
 @pytest.fixture
