@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pipeline.runtime import CycleReport
+from pipeline.serving import serve_app
 
 
 @dataclass
@@ -111,12 +112,5 @@ def create_app(status: Status) -> web.Application:
 @asynccontextmanager
 async def serve(status: Status, host: str, port: int) -> AsyncIterator[str]:
     """Serve the status app; yields its base URL."""
-    runner = web.AppRunner(create_app(status), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0]
-        yield f"http://{bound[0]}:{bound[1]}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(create_app(status), host, port) as origin:
+        yield origin

@@ -46,6 +46,7 @@ import orjson
 from aiohttp import web
 
 from pipeline.fakes.faults import FaultScript, LoggedRequest, apply_fault
+from pipeline.serving import serve_app
 
 STATUS_TEXTS: Mapping[int, str] = {
     150: "Error",
@@ -755,14 +756,9 @@ async def serve_ongoing(fake: FakeOngoing, host: str = "127.0.0.1", port: int = 
 
     On exit, parked holds are released and the server stops, waiting at most a second for requests in progress.
     """
-    runner = web.AppRunner(fake.create_app(), shutdown_timeout=1.0, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound_host, bound_port = runner.addresses[0][:2]
-        yield f"http://{bound_host}:{bound_port}/{fake.warehouse}/api/v1"
-    finally:
-        for hold in fake.holds:
-            hold.release.set()
-        await runner.cleanup()
+    async with serve_app(fake.create_app(), host, port) as origin:
+        try:
+            yield f"{origin}/{fake.warehouse}/api/v1"
+        finally:
+            for hold in fake.holds:  # before the server stops: a parked answer would hold the shutdown up
+                hold.release.set()

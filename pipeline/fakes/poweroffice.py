@@ -48,7 +48,8 @@ import orjson
 from aiohttp import web
 
 from pipeline.fakes.faults import FaultScript, LoggedRequest, apply_fault
-from pipeline.fakes.generate import Company, JsonObject, format_time, generate_company
+from pipeline.fakes.generate import Company, JsonObject, format_time
+from pipeline.serving import serve_app
 
 SUBSCRIPTION_HEADER = "Ocp-Apim-Subscription-Key"
 MAX_PAGE_SIZE = 20_000
@@ -759,39 +760,5 @@ def _filter_invoices(company: Company, query: Mapping[str, str]) -> list[JsonObj
 @asynccontextmanager
 async def serve_poweroffice(fake: FakePowerOffice, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve `fake` on `host:port` (0 = any free port) for the duration; yields the origin `http://host:port`."""
-    runner = web.AppRunner(fake.create_app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0]
-        yield f"http://{host}:{bound[1]}"
-    finally:
-        await runner.cleanup()
-
-
-def demo_fake(
-    client_keys: Sequence[str],
-    *,
-    application_key: str,
-    subscription_key: str,
-    seed: int = 1,
-    now: datetime | None = None,
-    requests_per_second: float = 10,
-    products: int = 200,
-    customers: int = 50,
-    invoices: int = 300,
-) -> FakePowerOffice:
-    """A fake with one generated company per client key (seeds `seed`, `seed + 1`, …): for demo and manual runs."""
-    fake = FakePowerOffice(
-        application_key=application_key,
-        subscription_keys=[subscription_key],
-        requests_per_second=requests_per_second,
-    )
-    moment = now or datetime.now(UTC)
-    for offset, client_key in enumerate(client_keys):
-        fake.add_company(
-            client_key,
-            generate_company(seed + offset, products=products, customers=customers, invoices=invoices, now=moment),
-        )
-    return fake
+    async with serve_app(fake.create_app(), host, port) as origin:
+        yield origin
