@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import Settings, TenantSettings
+from pipeline.config import Secret, Settings, TenantSettings
 from pipeline.errors import MappingError
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.fakes.world import FakeTenant, World, fake_world
@@ -189,3 +190,23 @@ async def test_changes_flow_exactly_once(world: World, tmp_path: Path) -> None:
     again = await cycle(settings)
     assert again.exit_code == 0
     assert len(world.ongoing.writes()) == writes_after
+
+
+@pytest.mark.anyio
+async def test_a_tenant_with_refused_credentials_does_not_stop_the_others(world: World, tmp_path: Path) -> None:
+    """A wrong client key fails that tenant (exit 2, tenant named, key never shown); the other one syncs fully."""
+    settings = settings_for(world, tmp_path)
+    bad, good = settings.tenants
+    wrong = "wrong-client-key-123"
+    settings = dataclasses.replace(
+        settings, tenants=(dataclasses.replace(bad, poweroffice_client_key=Secret(wrong)), good)
+    )
+    report = await cycle(settings)
+    assert report.exit_code == 2
+    assert report.tenants[bad.name].setup_error
+    assert any(bad.name in error for error in report.tenants[bad.name].errors)
+    assert not any(wrong in error for error in report.tenants[bad.name].errors)
+    assert world.ongoing.owner(bad.ongoing_goods_owner_id).articles == {}
+    good_owner = world.ongoing.owner(good.ongoing_goods_owner_id)
+    assert len(good_owner.articles) == len(expected_articles(world.tenants[1], good))
+    assert report.tenants[good.name].errors == []
