@@ -16,7 +16,6 @@ from typing import Any
 from pipeline.eventlog.base import EventLog, StoredEvent
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import (
-    COMMAND_TYPES,
     OBSERVED_TYPES,
     OUTCOME_TYPES,
     CommandFailed,
@@ -103,22 +102,13 @@ def to_row(e: StoredEvent) -> Row:
 
 async def history(log: EventLog, tenant: str, entity: str) -> list[Row]:
     """The entity's own events plus everything they caused (commands, outcomes), in position order."""
-    seen: dict[int, StoredEvent] = {}
-    frontier = [e async for e in log.read(tenant=tenant, entity=entity)]
-    for e in frontier:
-        seen[e.position] = e
+    seen = {e.position: e async for e in log.read(tenant=tenant, entity=entity)}
     # Follow causation downwards: commands caused by these observations, outcomes caused by those commands.
     causes = set(seen)
     while causes:
-        found = [
-            e
-            async for e in log.read(tenant=tenant, types=[*COMMAND_TYPES, *OUTCOME_TYPES, MappingFailed.TYPE])
-            if e.causation in causes and e.position not in seen
-        ]
-        causes = set()
-        for e in found:
-            seen[e.position] = e
-            causes.add(e.position)
+        found = [e for e in await log.caused_by(causes) if e.position not in seen]
+        seen.update((e.position, e) for e in found)
+        causes = {e.position for e in found}
     return [to_row(e) for e in sorted(seen.values(), key=lambda e: e.position)]
 
 
@@ -135,8 +125,7 @@ async def lineage(log: EventLog, position: int) -> list[Row]:
             break
         chain.insert(0, parent)
         cur = parent
-    below = [e async for e in log.read(after=position, tenant=start.tenant) if e.causation == position]
-    return [to_row(e) for e in chain + below]
+    return [to_row(e) for e in chain + await log.caused_by([position])]
 
 
 async def failures(log: EventLog, tenant: str | None = None) -> list[Row]:

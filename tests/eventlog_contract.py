@@ -151,3 +151,18 @@ class EventLogContract:
         assert got is not None
         assert (got.causation, got.mapping_version) == (1, 3)
         assert got.event == CommandSucceeded(1, {"id": 5}, 2)
+
+    @pytest.mark.anyio
+    async def test_caused_by(self, log: EventLog) -> None:
+        """caused_by() finds the events whose causation is one of the given positions."""
+        await log.append([product("a", 1, 1.0), product("a", 2, 1.0)])
+        await log.append(
+            [
+                NewEvent("a", "x", CommandSucceeded(1, {}, 1), "k1", causation=1),
+                NewEvent("a", "y", CommandSucceeded(2, {}, 1), "k2", causation=2),
+                NewEvent("a", "z", CommandSucceeded(1, {}, 1), "k3", causation=1),
+            ]
+        )
+        assert [e.position for e in await log.caused_by([1])] == [3, 5]
+        assert [e.position for e in await log.caused_by([2, 1, 99])] == [3, 4, 5]
+        assert await log.caused_by([]) == []

@@ -214,3 +214,30 @@ def test_upcaster_runs_for_old_versions() -> None:
         ev.decode("test.renamed", 3, b'{"new_name": "x"}')
     with pytest.raises(CodecError, match="unknown event type"):
         ev.decode("nope", 1, b"{}")
+
+
+@pytest.mark.anyio
+async def test_older_database_is_migrated_forward(tmp_path: Path) -> None:
+    """A file at schema version 1 is brought up to the current version on open, its events kept."""
+    from pipeline.eventlog.sqlite import MIGRATIONS, _split
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in _split(MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO events (recorded_at, tenant, entity, type, schema_version, payload, dedupe_key)"
+        " VALUES ('2026-11-01T00:00:00.000000Z', 'a', 'product:1', 'product.observed', 1,"
+        ' \'{"product": {"Id": 1}, "group": null}\', \'k\')'
+    )
+    conn.close()
+    async with await SqliteEventLog.open(path) as log:
+        assert [e.entity async for e in log.read()] == ["product:1"]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(events)")}
+        assert "events_by_causation" in indexes
+    finally:
+        conn.close()

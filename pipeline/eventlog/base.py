@@ -90,6 +90,10 @@ class EventLog(Protocol):
         """The latest event of any of `types` for each (tenant, entity)."""
         ...
 
+    async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:
+        """The events whose causation is one of `positions`, in position order."""
+        ...
+
     async def get(self, position: int) -> StoredEvent | None:
         """The event at `position`, or None."""
         ...

@@ -66,8 +66,14 @@ CREATE TABLE checkpoints (
 );
 """
 
+# v2: audit follows causation downwards (observation → command → outcome). Observations have no causation, so a
+# partial index costs the pollers' appends nothing.
+_V2 = """
+CREATE INDEX events_by_causation ON events (causation) WHERE causation IS NOT NULL;
+"""
+
 # MIGRATIONS[i] brings a database from user_version i to i + 1. Append new entries; never edit old ones.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _INSERT = (
@@ -369,6 +375,16 @@ class SqliteEventLog:
             f"SELECT max(position) FROM events WHERE {' AND '.join(where)} GROUP BY tenant, entity)"
         )
         return {(e.tenant, e.entity): e for e in map(_row_to_event, await self._fetch(sql, params))}
+
+    async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:
+        """The events whose causation is one of `positions`, in position order."""
+        out: list[StoredEvent] = []
+        wanted = sorted(set(positions))
+        for i in range(0, len(wanted), 500):  # SQLite caps the number of parameters per statement
+            chunk = wanted[i : i + 500]
+            sql = f"SELECT {_COLUMNS} FROM events WHERE causation IN ({', '.join('?' * len(chunk))})"
+            out.extend(map(_row_to_event, await self._fetch(sql, chunk)))
+        return sorted(out, key=lambda e: e.position)
 
     async def get(self, position: int) -> StoredEvent | None:
         rows = await self._fetch(f"SELECT {_COLUMNS} FROM events WHERE position = ?", [position])
