@@ -79,6 +79,8 @@ def summarize(e: StoredEvent) -> str:
         return f"#{d['command']} skipped: {d['reason']}"
     if t == "mapping.failed":
         return f"cannot map #{d['source']}: {d['field']}: {d['reason']}"
+    if t == "observation.skipped":
+        return f"no command for #{d['source']}: {d['reason']}"
     if t == "entity.redriven":
         return f"re-driven by {d['by']}: {d['reason']}"
     if t == "replay.recorded":

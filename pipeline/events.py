@@ -307,6 +307,17 @@ class MappingFailed(Event):
 
 @register
 @dataclasses.dataclass(frozen=True, slots=True)
+class ObservationSkipped(Event):
+    """The observation at `source` makes no command, on purpose: a product the tenant's filters leave out, or
+    stock of an article PowerOffice has no stock item for. `reason` says which."""
+
+    TYPE: ClassVar[str] = "observation.skipped"
+    source: int
+    reason: str
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
 class EntityRedriven(Event):
     """An operator released a quarantined entity: its waiting commands are sent again."""
 

@@ -18,6 +18,7 @@ from pipeline.events import (
     ArticleUpsertRequested,
     InvoiceObserved,
     MappingFailed,
+    ObservationSkipped,
     OrderUpsertRequested,
     ProductObserved,
     StockObserved,
@@ -204,6 +205,11 @@ async def test_stock_becomes_patch_for_stock_items_only(log: SqliteEventLog) -> 
     patches = [e.event for e in await commands(log) if e.type == StockPatchRequested.TYPE]
     ba12 = find("poweroffice/products.json", "Code", "BA-12")
     assert patches == [StockPatchRequested(ba12["Id"], "BA-12", 17.0)]
+    skipped = {e.entity: e.event async for e in log.read(types=[ObservationSkipped.TYPE])}
+    assert set(skipped) == {"stock:GR-7", "stock:NOPE"}
+    assert all(isinstance(e, ObservationSkipped) for e in skipped.values())
+    assert "not a stock item" in skipped["stock:GR-7"].reason  # type: ignore[union-attr]
+    assert "not in PowerOffice" in skipped["stock:NOPE"].reason  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------------------------ properties

@@ -39,6 +39,7 @@ from pipeline.events import (
     Event,
     InvoiceObserved,
     MappingFailed,
+    ObservationSkipped,
     OrderUpsertRequested,
     ProductObserved,
     StockObserved,
@@ -272,6 +273,18 @@ async def _project_batch(
             result.skipped += 1
             if done.skipped:
                 log.debug("%s %s: no command: %s", name, stored.entity, done.skipped)
+                if not isinstance(stored.event, InvoiceObserved):
+                    # Recorded for audit. (Not for invoices: most are simply unpaid, and say so themselves.)
+                    out.append(
+                        NewEvent(
+                            name,
+                            stored.entity,
+                            ObservationSkipped(stored.position, done.skipped),
+                            f"{name}/{stored.entity}/skip/{stored.position}/v{MAPPING_VERSION}",
+                            causation=stored.position,
+                            mapping_version=MAPPING_VERSION,
+                        )
+                    )
             continue
         fp = fingerprint(done.command)
         if state.last_command.get(done.entity) == fp:
