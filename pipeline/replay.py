@@ -1,8 +1,9 @@
 """Replay: re-project a window of observations with the current mapping, preview the difference, or apply it.
 
-For every observation recorded in `[window_from, window_to)` (optionally one tenant, one kind), the projector's
-pure `project_event` runs against the state the log holds now. Each resulting command is compared with the
-entity's latest command:
+For every entity observed in `[window_from, window_to)` (optionally one tenant, one kind) whose newest observation
+lies in the window, the projector's pure `project_event` runs on that observation against the state the log holds
+now. (An entity observed again after the window is left alone: its newer observation is the truth, and replaying
+the older one would send stale data.) Each resulting command is compared with the entity's latest command:
 
 - equal → nothing to do;
 - different → listed with a per-field diff; without `dry_run` it is appended (with the current mapping version
@@ -57,6 +58,7 @@ class ReplayReport:
     window_to: datetime
     dry_run: bool
     observations: int = 0
+    superseded: int = 0  # entities observed again after the window: their newer observation already counts
     unchanged: int = 0
     failed: int = 0
     skipped: int = 0
@@ -66,6 +68,7 @@ class ReplayReport:
     def counts(self) -> dict[str, int]:
         return {
             "observations": self.observations,
+            "superseded": self.superseded,
             "changed": len(self.changes),
             "unchanged": self.unchanged,
             "failed": self.failed,
@@ -107,9 +110,17 @@ async def replay(
         latest: dict[str, StoredEvent] = {
             entity: e for (_, entity), e in (await log.latest(COMMANDS, tenant=t.name)).items()
         }
-        out: list[NewEvent] = []
+        newest = {entity: e.position for (_, entity), e in (await log.latest(types, tenant=t.name)).items()}
+        # Only an entity's newest observation speaks for it: replaying an older one would send stale data back.
+        window: dict[str, StoredEvent] = {}
         async for stored in log.read(tenant=t.name, types=types, since=window_from, until=window_to):
             report.observations += 1
+            window[stored.entity] = stored
+        out: list[NewEvent] = []
+        for stored in sorted(window.values(), key=lambda e: e.position):
+            if newest.get(stored.entity) != stored.position:
+                report.superseded += 1
+                continue
             done = project_event(state, stored)
             if done.failure is not None:
                 report.failed += 1

@@ -151,3 +151,35 @@ async def test_permanent_failure_quarantines_one_article_until_redriven(
     assert code == 0
     await cycle(config)
     assert entity_code in owner.articles
+
+
+@pytest.mark.anyio
+async def test_replay_never_sends_an_older_observation_back(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a price change, replaying a window that holds the old observation changes nothing (no stale price)."""
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    await cycle(config)
+    t = world.tenants[0]
+    product = next(iter(t.company.products.values()))
+    world.poweroffice.set_price(t.client_key, product["Code"], 4321.0)
+    await cycle(config)
+    middle = datetime.now(UTC)
+    end = middle + timedelta(minutes=1)
+
+    whole = ["--from", start.isoformat(), "--to", end.isoformat()]
+    code, out = await cli(capsys, "--config", str(config), "replay", *whole, "--kind", "products", "--dry-run")
+    assert code == 0
+    assert "changed 0" in out
+    # A window holding only the first observation: the product was observed again after it, so it is left alone.
+    settings = load_settings(config)
+    async with await SqliteEventLog.open(settings.database) as log:
+        first_cycle_end = max(
+            [e.recorded_at async for e in log.read(types=["product.observed"], entity=f"product:{product['Id']}")]
+        )
+    early = ["--from", start.isoformat(), "--to", first_cycle_end.isoformat()]
+    code, out = await cli(capsys, "--config", str(config), "replay", *early, "--kind", "products")
+    assert code == 0
+    assert "superseded 1" in out
+    assert "appended 0" in out
+    assert world.ongoing.article(t.goods_owner_id, product["Code"])["customerPrice"] == 4321.0
