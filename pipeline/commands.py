@@ -16,7 +16,7 @@ from rich.console import Console
 from pipeline import audit as audit_
 from pipeline import console as out
 from pipeline.config import Settings
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.eventlog.base import NewEvent
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import EntityRedriven
@@ -77,10 +77,15 @@ async def run_forever(
         if signals:
             tg.start_soon(watch)
         while not stop.is_set():
-            report = await _cycle(console, runtime, f"cycle {datetime.now(UTC):%H:%M:%S}")
-            status.record(report, datetime.now(UTC))
-            if cycled:
-                cycled(report)
+            try:
+                report = await _cycle(console, runtime, f"cycle {datetime.now(UTC):%H:%M:%S}")
+            except PipelineError as exc:  # e.g. the disk is full: say so, stay up, try again next interval
+                console.print(f"cycle failed: {exc}", markup=False, highlight=False)
+                log.error("cycle failed: %s", exc)
+            else:
+                status.record(report, datetime.now(UTC))
+                if cycled:
+                    cycled(report)
             with anyio.move_on_after(settings.interval_seconds):
                 await stop.wait()
         tg.cancel_scope.cancel()

@@ -27,7 +27,7 @@ from pipeline.clients.ongoing import OngoingClient
 from pipeline.clients.poweroffice import PowerOfficeClient
 from pipeline.clients.ratelimit import LimiterRegistry
 from pipeline.config import Settings, TenantSettings
-from pipeline.errors import ApiError, AuthError
+from pipeline.errors import ApiError, AuthError, StoreError
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.pollers.ongoing_stock import poll_stock
 from pipeline.pollers.poweroffice import poll_invoices, poll_products
@@ -177,6 +177,11 @@ class Runtime:
             report.errors.append(f"{phase}: {exc}")
             report.setup_error = report.setup_error or exc.status is None
             log.error("%s: polling %s failed: %s", tenant.name, phase, exc)
+        except StoreError:
+            raise  # the log itself failed: no tenant can go on
+        except Exception as exc:  # a bulkhead: one tenant's surprise must not stop the others' cycle
+            report.errors.append(f"{phase}: unexpected {type(exc).__name__}: {exc}")
+            log.exception("%s: polling %s failed unexpectedly", tenant.name, phase)
 
     async def _poll_poweroffice(self, tenant: TenantSettings, now: datetime, report: TenantReport) -> None:
         po = self.poweroffice.for_tenant(tenant)

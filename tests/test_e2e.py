@@ -210,3 +210,24 @@ async def test_a_tenant_with_refused_credentials_does_not_stop_the_others(world:
     good_owner = world.ongoing.owner(good.ongoing_goods_owner_id)
     assert len(good_owner.articles) == len(expected_articles(world.tenants[1], good))
     assert report.tenants[good.name].errors == []
+
+
+@pytest.mark.anyio
+async def test_a_malformed_answer_fails_one_tenant_and_the_cycle_goes_on(world: World, tmp_path: Path) -> None:
+    """A product list that is not a list hits one tenant's poll; the other tenant is synced in the same cycle."""
+    from pipeline.fakes.faults import Fault
+
+    world.poweroffice.faults.add(
+        Fault("status", status=200, body=b'{"not": "a list"}'), path=r"/v2/products(\?|$)", times=1
+    )
+    settings = settings_for(world, tmp_path)
+    report = await cycle(settings)
+    hit = [t for t in report.tenants.values() if t.errors]
+    assert len(hit) == 1
+    assert report.exit_code in (1, 2)
+    other = next(t for t in world.tenants if t.name != hit[0].name)
+    owner = world.ongoing.owner(other.goods_owner_id)
+    assert len(owner.articles) == len(expected_articles(other, settings.tenant(other.name)))
+    # The next cycle heals the tenant that was hit.
+    again = await cycle(settings)
+    assert again.exit_code == 0

@@ -453,3 +453,16 @@ async def test_payment_after_an_unpaid_observation_is_observed_with_details(tmp_
     assert [e.invoice["Balance"] for e in history] == [50.0, 0.0]
     assert [e.lines for e in history] == [[], [{"Id": 1, "LineType": "Normal"}]]
     assert history[1].customer == w.fake.company(ACME).customer_by_number(10002)
+
+
+@pytest.mark.anyio
+async def test_a_record_without_an_id_is_left_out_and_the_rest_flows(tmp_path: Path) -> None:
+    """A product with no Id cannot be an entity: it is logged and skipped; every other product is observed."""
+    async with world(tmp_path, products=6) as w:
+        broken = next(iter(w.fake.company(ACME).products.values()))
+        broken["Id"] = None
+        result = await w.products()
+        observed = await w.per_entity("product.observed")
+        assert len(observed) == 5
+        assert "product:None" not in observed
+        assert result.seen == 6

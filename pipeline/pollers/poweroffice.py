@@ -62,6 +62,15 @@ class PollResult:
     cursor: str | None
 
 
+def _keyed(page: list[JsonObject], kind: str, tenant: TenantSettings) -> list[JsonObject]:
+    """The records of a page that have an `Id` to key them by. One without (PowerOffice always sends it, so this
+    is damage in transit or an API change) cannot be an entity: it is logged and left out, and the rest flows."""
+    kept = [r for r in page if isinstance(r, dict) and isinstance(r.get("Id"), int | str) and str(r["Id"]).strip()]
+    if len(kept) != len(page):
+        logger.warning("%s: %d %s record(s) without an Id left out", tenant.name, len(page) - len(kept), kind)
+    return kept
+
+
 def product_entity(product: JsonObject) -> str:
     return f"product:{product['Id']}"
 
@@ -169,7 +178,8 @@ async def poll_products(
     writer = _PageWriter(log)
     best = cursor
     pages = seen = 0
-    async for page in client.products(changed_after=cursor - overlap if cursor else None):
+    async for raw_page in client.products(changed_after=cursor - overlap if cursor else None):
+        page = _keyed(raw_page, "product", tenant)
         if groups is None:  # only when something changed: an idle poll costs one request
             groups = {}
             async for group_page in client.product_groups():
@@ -186,7 +196,7 @@ async def poll_products(
             events.append(NewEvent(tenant=tenant.name, entity=entity, event=event, dedupe_key=key))
         await writer.page(events)
         pages += 1
-        seen += len(page)
+        seen += len(raw_page)
     return await _finish(writer, PRODUCTS_CURSOR, tenant, cursor, best, seen, pages, client.requests - requests_before)
 
 
@@ -234,7 +244,8 @@ async def poll_invoices(
     writer = _PageWriter(log)
     best = cursor
     pages = seen = 0
-    async for page in client.outgoing_invoices(balance_changed_after=after):
+    async for raw_page in client.outgoing_invoices(balance_changed_after=after):
+        page = _keyed(raw_page, "invoice", tenant)
         details = await _details(log, client, tenant, page, cursor, concurrency)
         events = []
         for invoice in page:
@@ -252,7 +263,7 @@ async def poll_invoices(
             events.append(NewEvent(tenant=tenant.name, entity=entity, event=event, dedupe_key=key))
         await writer.page(events)
         pages += 1
-        seen += len(page)
+        seen += len(raw_page)
     return await _finish(writer, INVOICES_CURSOR, tenant, cursor, best, seen, pages, client.requests - requests_before)
 
 
