@@ -23,7 +23,7 @@ What it does like the real one:
   keys (as once observed) for validation errors.
 
 Test hooks: `requests` (a `LoggedRequest` per request; `key` is `"<subscription tag>/<client tag>"`, tags from
-`key_tag`, never the keys), `faults` (a `FaultScript`, matched against the path plus `?query`), `expire_tokens()`,
+`key_tag`, never the keys), `faults` (a `FaultScript`, matched against the path plus `?query`),
 and mutation helpers that bump the right timestamps (`set_price`, `set_stock`, `pay_invoice`, `change_address`…).
 """
 
@@ -156,12 +156,6 @@ class FakePowerOffice:
         """The logged requests made with this client key (token calls included)."""
         tag = "/" + key_tag(client_key)
         return [r for r in self.requests if r.key is not None and r.key.endswith(tag)]
-
-    def expire_tokens(self) -> None:
-        """Make every issued token expired (as if the clock had passed their lifetime)."""
-        past = self.clock() - timedelta(seconds=1)
-        for token in self._tokens.values():
-            token.expires_at = past
 
     # ------------------------------------------------------------------------------- mutation helpers
 

@@ -1,7 +1,7 @@
 """Senders: deliver commands from the log and record the outcomes. See `pipeline.senders.base` for the contract.
 
     sender = Sender(log, tenants, ongoing=ongoing_client, poweroffice=poweroffice_client, parallel=8)
-    summary = await sender.run_once()        # or: await send_commands(log, tenants, ongoing=..., ...)
+    summary = await sender.run_once()
 
 `ongoing` / `poweroffice` are anything with `for_tenant(tenant)` returning a target (`OngoingClient`,
 `PowerOfficeClient`, or a test stand-in); leaving one out leaves its stage out. Retries (backoff with jitter,
@@ -53,25 +53,6 @@ class Sender(StageRunner):
         super().__init__(log, stages, tenants, parallel=parallel)
 
 
-async def send_commands(
-    log: EventLog,
-    tenants: Sequence[TenantSettings],
-    *,
-    ongoing: OngoingTargets | None = None,
-    poweroffice: StockTargets | None = None,
-    parallel: int = 8,
-    stock_in_flight: int = 4,
-) -> SendSummary:
-    """One round: deliver every deliverable command of `tenants` and record the outcomes.
-
-    Raises StoreError when the log fails; a target's errors become outcome events instead.
-    """
-    sender = Sender(
-        log, tenants, ongoing=ongoing, poweroffice=poweroffice, parallel=parallel, stock_in_flight=stock_in_flight
-    )
-    return await sender.run_once()
-
-
 __all__ = [
     "OngoingStage",
     "OngoingTargets",
@@ -81,5 +62,4 @@ __all__ = [
     "StockBackStage",
     "StockTargets",
     "TenantSummary",
-    "send_commands",
 ]
