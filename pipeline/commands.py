@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,13 +17,13 @@ from rich.console import Console
 from pipeline import audit as audit_
 from pipeline import console as out
 from pipeline.config import Settings
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.eventlog.base import NewEvent
+from pipeline.errors import ConfigError
+from pipeline.eventlog.base import EventLog, NewEvent
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import EntityRedriven
 from pipeline.replay import Kind
 from pipeline.replay import replay as replay_
-from pipeline.runtime import CycleReport, Runtime
+from pipeline.runtime import EXIT_CYCLE_FAILED, CycleReport, Runtime, TenantState, describe_failure, fatal_error
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,21 @@ async def _cycle(console: Console, runtime: Runtime, title: str) -> CycleReport:
 
 
 async def sync(console: Console, settings: Settings) -> int:
-    async with Runtime(settings) as runtime:
-        report = await _cycle(console, runtime, "sync")
+    """One cycle of every tenant. Exit 3 (with one line on stderr per failure) when a tenant's cycle failed."""
+    async with Runtime(settings, command="sync") as runtime:
+        try:
+            report = await _cycle(console, runtime, "sync")
+        except Exception as exc:  # the cycle reports failures itself; this is the last net, never a traceback
+            if fatal_error(exc) is not None:
+                raise
+            print(f"error: sync failed: {describe_failure(exc)}", file=sys.stderr)
+            return EXIT_CYCLE_FAILED
+    failed: dict[str, list[str]] = {}
+    for t in report.tenants.values():
+        if t.cycle_error is not None:
+            failed.setdefault(t.cycle_error, []).append(t.name)
+    for error, names in failed.items():
+        print(f"error: the cycle failed for {', '.join(names)}: {error}", file=sys.stderr)
     return report.exit_code
 
 
@@ -50,14 +64,32 @@ async def run_forever(
     *,
     stop: anyio.Event | None = None,
     started: Callable[[str], None] | None = None,
-    cycled: Callable[[CycleReport], None] | None = None,
+    cycled: Callable[[TenantState], None] | None = None,
+    cycles: int | None = None,
+    interval: float | None = None,
+    clock: Callable[[], datetime] | None = None,
+    wrap_log: Callable[[SqliteEventLog], EventLog] | None = None,
 ) -> int:
-    """A cycle every `interval_seconds` until one of `signals` arrives (or `stop` is set); the running cycle
-    finishes first. Serves /healthz, /metrics and a status page at `status_host:status_port` meanwhile."""
+    """Every tenant's loop (a cycle every interval, see `pipeline.runtime`) until one of `signals` arrives (or
+    `stop` is set); each running cycle finishes first. Serves /readyz (= /healthz), /metrics and a status page at
+    `status_host:status_port` meanwhile. A failed cycle is shown and counted, and the loop goes on.
+
+    `cycled` hears each tenant's state after each cycle. Tests bound the run with `cycles` (per tenant), replace
+    every tenant's `interval`, inject the `clock`, and wrap the log (`wrap_log`) to inject faults."""
     from pipeline.web import Status, serve
 
     stop = stop or anyio.Event()
-    status = Status(settings.interval_seconds, lambda: datetime.now(UTC))
+    clock = clock or (lambda: datetime.now(UTC))
+    status = Status(settings.interval_seconds, clock)
+
+    def record(state: TenantState) -> None:
+        status.record_tenant(state)
+        if state.report is not None:
+            out.print_cycle(console, CycleReport(state.last_started or clock(), {state.name: state.report}), "cycle")
+        if state.report is not None and state.report.cycle_error is not None:
+            console.print(f"{state.name}: cycle failed: {state.last_error}", markup=False, highlight=False)
+        if cycled:
+            cycled(state)
 
     async def watch() -> None:
         with anyio.open_signal_receiver(*signals) as received:
@@ -67,27 +99,17 @@ async def run_forever(
                 return
 
     async with (
-        Runtime(settings) as runtime,
+        Runtime(settings, clock=clock, command="run", wrap_log=wrap_log) as runtime,
         serve(status, settings.status_host, settings.status_port) as url,
         anyio.create_task_group() as tg,
     ):
-        console.print(f"status: {url}/  health: {url}/healthz  metrics: {url}/metrics")
+        console.print(f"status: {url}/  ready: {url}/readyz  metrics: {url}/metrics")
+        status.tenants.update(runtime.states)
         if started:
             started(url)
         if signals:
             tg.start_soon(watch)
-        while not stop.is_set():
-            try:
-                report = await _cycle(console, runtime, f"cycle {datetime.now(UTC):%H:%M:%S}")
-            except PipelineError as exc:  # e.g. the disk is full: say so, stay up, try again next interval
-                console.print(f"cycle failed: {exc}", markup=False, highlight=False)
-                log.error("cycle failed: %s", exc)
-            else:
-                status.record(report, datetime.now(UTC))
-                if cycled:
-                    cycled(report)
-            with anyio.move_on_after(settings.interval_seconds):
-                await stop.wait()
+        await runtime.run(stop, cycles=cycles, interval=interval, on_cycle=record)
         tg.cancel_scope.cancel()
     return 0
 

@@ -7,6 +7,7 @@ Secrets are `Secret` values: their `repr` and `str` are masked, so they cannot l
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -90,6 +91,8 @@ class TenantSettings:
     order_trigger: OrderTrigger = "paid"
     # Which Ongoing figure is written back to PowerOffice's StockOnHand.
     stock_figure: StockFigure = "numberOfItems"
+    # Seconds between this tenant's cycles (and its cycle's deadline); None: the global `interval_seconds`.
+    interval_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +323,7 @@ _TENANT = {
     "skip_services",
     "order_trigger",
     "stock_figure",
+    "interval_seconds",
 }
 
 
@@ -409,6 +413,9 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
                 skip_services=c.boolean(p, t, "skip_services", False),
                 order_trigger=c.choice(p, t, "order_trigger", ORDER_TRIGGERS),  # type: ignore[arg-type]
                 stock_figure=c.choice(p, t, "stock_figure", STOCK_FIGURES),  # type: ignore[arg-type]
+                interval_seconds=c.number(p, t, "interval_seconds", interval, minimum=1)
+                if "interval_seconds" in t
+                else None,
             )
         )
 
@@ -438,11 +445,4 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], str(file)) from exc
     settings = parse_settings(raw, base=file.resolve().parent, env=os.environ if env is None else env, source=str(file))
-    return Settings(
-        database=settings.database,
-        interval_seconds=settings.interval_seconds,
-        poweroffice=settings.poweroffice,
-        ongoing=settings.ongoing,
-        tenants=settings.tenants,
-        source=file.resolve(),
-    )
+    return dataclasses.replace(settings, source=file.resolve())  # keeps every other field (status_port too)

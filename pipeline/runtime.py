@@ -1,23 +1,41 @@
-"""The composition root: opens the log, the HTTP session and the clients once, and runs sync cycles.
+"""The composition root and the process model: opens the log, the HTTP session and the clients once, and runs
+every tenant's own loop of cycles.
 
-A cycle, for every tenant at once (PowerOffice calls share one fair limiter per subscription key):
+**Process model.** One process per event log sends (`Runtime` takes the log's lease, `pipeline.lease`, before it
+opens the log). Inside it, each tenant runs its **own loop**; the loops share only the process (log, HTTP session,
+clients) and the PowerOffice limiter of their subscription key. One tenant's cycle is:
 
-1. poll PowerOffice (products, then invoices) and Ongoing's stock;
-2. project the new observations into commands;
-3. send the commands (articles, then the orders that wait for them, and the stock write-back).
+1. poll PowerOffice (products, then invoices);
+2. project the new observations into commands, and send them (articles, orders, stock left over);
+3. poll Ongoing's stock (after the articles are written, so a new article's stock goes back in the same cycle);
+4. project, and send the stock write-back.
 
-A tenant whose polling fails is reported and skipped for the rest of the cycle; the others go on. Nothing here
-holds state between cycles except the log: cursors, checkpoints and outcomes all live there.
+**Scheduling.** A tenant's cycles start every `interval_seconds` (its own, else the global one), counted from the
+start of the previous cycle; a cycle that overruns is followed at once by the next. A slow goods owner delays only
+its own loop.
+
+**Deadline.** A cycle's deadline is its tenant's interval. Past it (or once the service is stopping), the cycle
+starts no new step and no new delivery; writes in flight finish and are recorded. What is left has no outcome and
+the sender's checkpoint stays below it, so the next cycle picks it up from the log: nothing is lost. A poll is never
+cut short: it would start again from its cursor, and a backfill longer than the deadline would never finish.
+
+**Staying up.** A cycle that raises (the log failed: disk full, locked, read-only; a bug; an `ExceptionGroup` out of
+a task group) is logged with its cause, recorded in the tenant's `TenantState` (`last_error`, `failed_cycles`) and
+the report's `cycle_error`, and the loop goes on at its next time. Only configuration and schema errors
+(`ConfigError`, `SchemaVersionError`) end `run`. A tenant whose polling fails is reported; the others go on.
+Nothing here holds state between cycles except the log: cursors, checkpoints and outcomes all live there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
+from typing import Literal
 
 import aiohttp
 import anyio
@@ -27,8 +45,10 @@ from pipeline.clients.ongoing import OngoingClient
 from pipeline.clients.poweroffice import PowerOfficeClient
 from pipeline.clients.ratelimit import LimiterRegistry
 from pipeline.config import Settings, TenantSettings
-from pipeline.errors import ApiError, AuthError, StoreError
+from pipeline.errors import ApiError, AuthError, ConfigError, SchemaVersionError, StoreError, trim
+from pipeline.eventlog.base import EventLog
 from pipeline.eventlog.sqlite import SqliteEventLog
+from pipeline.lease import Lease
 from pipeline.pollers.ongoing_stock import poll_stock
 from pipeline.pollers.poweroffice import poll_invoices, poll_products
 from pipeline.projectors.commands import project
@@ -37,10 +57,21 @@ from pipeline.senders import Sender, SendSummary
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+Progress = Callable[[str], None]
+Expired = Callable[[], bool]
+
+# Exit codes of a cycle (`sync`): see CycleReport.exit_code.
+EXIT_OK, EXIT_FAILED, EXIT_SETUP, EXIT_CYCLE_FAILED = 0, 1, 2, 3
+
+# The only errors that end `run`: they stay wrong until an operator acts.
+FATAL_ERRORS: tuple[type[Exception], ...] = (ConfigError, SchemaVersionError)
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+Result = Literal["starting", "ok", "failures", "setup", "failed"]
 
 
 @dataclass
@@ -54,6 +85,26 @@ class TenantReport:
     waiting: int = 0
     errors: list[str] = field(default_factory=list)
     setup_error: bool = False
+    # Why the cycle ended early with an exception (the log failed, a bug), as one line; None when it did not.
+    cycle_error: str | None = None
+    # The deadline (or a stop) came before the cycle's work was done; the rest continues next cycle.
+    deadline_reached: bool = False
+
+    @property
+    def result(self) -> Result:
+        """failed: the cycle raised · setup: unreachable or refused · failures: an entity or a poll failed · ok."""
+        if self.cycle_error is not None:
+            return "failed"
+        if self.setup_error:
+            return "setup"
+        if self.failed or self.errors:
+            return "failures"
+        return "ok"
+
+    @property
+    def cycle_failed(self) -> bool:
+        """The cycle could not do its job: it raised, or a poll failed. (A failed entity is not a failed cycle.)"""
+        return self.cycle_error is not None or bool(self.errors)
 
 
 @dataclass
@@ -63,16 +114,83 @@ class CycleReport:
 
     @property
     def exit_code(self) -> int:
-        """0 all delivered · 1 some entity failed · 2 a tenant could not be reached or authenticated."""
+        """0 all delivered · 1 some entity (or poll) failed · 2 a tenant could not be reached or authenticated ·
+        3 a tenant's cycle failed (the log could not be written or read, or a bug)."""
+        if any(t.cycle_error is not None for t in self.tenants.values()):
+            return EXIT_CYCLE_FAILED
         if any(t.setup_error for t in self.tenants.values()):
-            return 2
+            return EXIT_SETUP
         if any(t.failed or t.errors for t in self.tenants.values()):
-            return 1
-        return 0
+            return EXIT_FAILED
+        return EXIT_OK
+
+
+@dataclass(frozen=True, slots=True)
+class TenantState:
+    """What one tenant's loop last did, for the status page, `/readyz` and `/metrics`.
+
+    `Runtime.states[name]` is replaced (never changed in place) after each of the tenant's cycles, so a reader
+    always sees one consistent value. Times are from the runtime's clock (UTC).
+
+    - `result`: the last cycle's `TenantReport.result` ("starting" before the first one ends);
+    - `report`: the last cycle's counts (None before the first);
+    - `last_error`: why the last cycle failed (its exception, or its polls' errors), None if it did not;
+    - `last_success`: when the last cycle that did not fail ended;
+    - `next_cycle`: when the next cycle is due (None when no further cycle is planned, as in `sync`);
+    - `cycles`, `failed_cycles`: cycles ended, and how many of them failed (`TenantReport.cycle_failed`).
+    """
+
+    name: str
+    interval_seconds: float
+    result: Result = "starting"
+    report: TenantReport | None = None
+    last_error: str | None = None
+    last_started: datetime | None = None
+    last_ended: datetime | None = None
+    last_success: datetime | None = None
+    next_cycle: datetime | None = None
+    cycles: int = 0
+    failed_cycles: int = 0
+
+    @property
+    def failing(self) -> bool:
+        """The last cycle failed (see `TenantReport.cycle_failed`) or could not reach the tenant."""
+        return self.report is not None and (self.report.cycle_failed or self.report.setup_error)
+
+
+def fatal_error(exc: BaseException) -> Exception | None:
+    """The configuration or schema error in `exc` (looking inside exception groups), if any."""
+    for leaf in _leaves(exc):
+        if isinstance(leaf, FATAL_ERRORS):
+            return leaf
+    return None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line naming every distinct failure in `exc` (an exception group is flattened): `Type: message; …`."""
+    parts: list[str] = []
+    for leaf in _leaves(exc):
+        text = trim(f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__)
+        if text not in parts:
+            parts.append(text)
+    return trim("; ".join(parts), 600)
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
 
 
 class Runtime:
-    """Owns the log, the session and the clients for the life of the process. Use `async with`."""
+    """Owns the lease, the log, the session and the clients for the life of the process. Use `async with`.
+
+    Entering raises `LeaseHeldError` when another process sends from the same log, StoreError when the log
+    cannot be opened and SchemaVersionError when a newer program wrote it. `command` names the holder in the
+    lease (`sync`, `run`, ...). `wrap_log` may wrap the opened log (tests inject faults with it).
+    """
 
     def __init__(
         self,
@@ -80,21 +198,30 @@ class Runtime:
         *,
         clock: Clock = utc_now,
         policy: RetryPolicy | None = None,
+        command: str = "pipeline",
+        wrap_log: Callable[[SqliteEventLog], EventLog] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.policy = policy or RetryPolicy()
+        self.command = command
+        self._wrap_log = wrap_log
         self._stack = AsyncExitStack()
-        self.log: SqliteEventLog
+        self.log: EventLog
         self.session: aiohttp.ClientSession
         self.poweroffice: PowerOfficeClient
         self.ongoing: OngoingClient
         self.limiters = LimiterRegistry(settings.poweroffice.requests_per_second)
+        self.states: dict[str, TenantState] = {
+            t.name: TenantState(t.name, self.interval_of(t)) for t in settings.tenants
+        }
 
     async def __aenter__(self) -> Runtime:
         try:
-            self.log = await SqliteEventLog.open(self.settings.database, clock=self.clock)
-            self._stack.push_async_callback(self.log.close)
+            self._stack.enter_context(Lease(self.settings.database, self.command))
+            opened = await SqliteEventLog.open(self.settings.database, clock=self.clock)
+            self._stack.push_async_callback(opened.close)
+            self.log = self._wrap_log(opened) if self._wrap_log else opened
             self.session = await self._stack.enter_async_context(aiohttp.ClientSession())
             po = self.settings.poweroffice
             self.poweroffice = PowerOfficeClient(
@@ -111,50 +238,199 @@ class Runtime:
     ) -> None:
         await self._stack.aclose()
 
-    async def cycle(self, progress: Callable[[str], None] | None = None) -> CycleReport:
-        """One full cycle for every tenant. Raises StoreError only if the log itself fails.
+    def interval_of(self, tenant: TenantSettings) -> float:
+        """Seconds between the tenant's cycles, which is also its cycle's deadline."""
+        return tenant.interval_seconds if tenant.interval_seconds is not None else self.settings.interval_seconds
 
-        Two phases: PowerOffice → Ongoing (poll, project, send articles and orders), then Ongoing's stock →
-        PowerOffice (poll, project, send). Stock is read after the articles are written, so a new article's stock
-        goes back in the same cycle and a second cycle over unchanged data has nothing to do.
-        `progress` is told each step as it starts.
+    # -- the loops ---------------------------------------------------------------------------------------------
+
+    async def cycle(self, progress: Progress | None = None) -> CycleReport:
+        """One cycle for every tenant at once (each with its own deadline), then return: what `sync` does.
+
+        A tenant's failed cycle is in its report (`cycle_error`), never raised; only a configuration or schema
+        error is raised. `progress` is told each step as it starts, prefixed with the tenant's name.
         """
-        say = progress or (lambda _step: None)
         started = self.clock()
-        reports = {t.name: TenantReport(t.name) for t in self.settings.tenants}
+        ended: dict[str, TenantReport] = {}
+
+        def collect(state: TenantState) -> None:
+            assert state.report is not None
+            ended[state.name] = state.report
+
+        await self.run(anyio.Event(), cycles=1, on_cycle=collect, progress=progress)
+        return CycleReport(started, {t.name: ended[t.name] for t in self.settings.tenants})
+
+    async def run(
+        self,
+        stop: anyio.Event,
+        *,
+        cycles: int | None = None,
+        interval: float | None = None,
+        deadline: float | None = None,
+        on_cycle: Callable[[TenantState], None] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        """Every tenant's loop, until `stop` is set (each finishes its cycle in progress) or each has run `cycles`.
+
+        `interval` / `deadline` (seconds) replace every tenant's own interval / deadline (tests, benchmarks).
+        `on_cycle` is called with the tenant's new state after each cycle. Raises only ConfigError or
+        SchemaVersionError (then every loop is cancelled).
+        """
+        fatal: list[Exception] = []
+        async with anyio.create_task_group() as tg:
+            for tenant in self.settings.tenants:
+                tg.start_soon(
+                    self._loop, tenant, stop, cycles, interval, deadline, on_cycle, progress, fatal, tg.cancel_scope
+                )
+        if fatal:
+            raise fatal[0]
+
+    async def _loop(
+        self,
+        tenant: TenantSettings,
+        stop: anyio.Event,
+        cycles: int | None,
+        interval: float | None,
+        deadline: float | None,
+        on_cycle: Callable[[TenantState], None] | None,
+        progress: Progress | None,
+        fatal: list[Exception],
+        scope: anyio.CancelScope,
+    ) -> None:
+        period = self.interval_of(tenant) if interval is None else interval
+        budget = self.interval_of(tenant) if deadline is None else deadline
+        done = 0
+        while not stop.is_set():
+            begun = anyio.current_time()
+            last = cycles is not None and done + 1 >= cycles
+            try:
+                state = await self._tenant_cycle(
+                    tenant, begun + budget, None if last else begun + period, stop, progress
+                )
+            except FATAL_ERRORS as exc:
+                fatal.append(exc)
+                scope.cancel()
+                return
+            done += 1
+            if on_cycle is not None:
+                try:
+                    on_cycle(state)
+                except Exception:  # whoever listens must not stop the loop
+                    log.exception("%s: recording the cycle failed", tenant.name)
+            if last:
+                return
+            with anyio.move_on_after(max(0.0, begun + period - anyio.current_time())):
+                await stop.wait()
+
+    async def _tenant_cycle(
+        self,
+        tenant: TenantSettings,
+        deadline_at: float,
+        next_at: float | None,
+        stop: anyio.Event,
+        progress: Progress | None,
+    ) -> TenantState:
+        """Run one cycle of `tenant`, catching every failure but a fatal one; record and return its new state."""
+        name = tenant.name
+        started = self.clock()
+        report = TenantReport(name)
+
+        def expired() -> bool:
+            return stop.is_set() or anyio.current_time() >= deadline_at
+
+        try:
+            await self.tenant_cycle(tenant, report, expired=expired, progress=progress)
+        except Exception as exc:
+            fatal = fatal_error(exc)
+            if fatal is not None:
+                raise fatal from None
+            report.cycle_error = describe_failure(exc)
+            log.error("%s: cycle failed: %s", name, report.cycle_error, exc_info=exc)
+        if report.deadline_reached and not stop.is_set():
+            log.warning("%s: the cycle reached its deadline; the rest continues next cycle", name)
+        ended = self.clock()
+        before = self.states[name]
+        failed = report.cycle_failed
+        last_error = report.cycle_error or ("; ".join(report.errors) if report.errors else None)
+        next_cycle = None
+        if next_at is not None:
+            next_cycle = ended + timedelta(seconds=max(0.0, next_at - anyio.current_time()))
+        state = dataclasses.replace(
+            before,
+            result=report.result,
+            report=report,
+            last_error=last_error,
+            last_started=started,
+            last_ended=ended,
+            last_success=before.last_success if failed else ended,
+            next_cycle=next_cycle,
+            cycles=before.cycles + 1,
+            failed_cycles=before.failed_cycles + failed,
+        )
+        self.states[name] = state
+        return state
+
+    # -- one tenant's cycle ------------------------------------------------------------------------------------
+
+    async def tenant_cycle(
+        self,
+        tenant: TenantSettings,
+        report: TenantReport,
+        *,
+        expired: Expired = lambda: False,
+        progress: Progress | None = None,
+    ) -> None:
+        """Poll, project and send for `tenant`, filling `report`. Once `expired()` is true no new step or delivery
+        starts (`report.deadline_reached`). Raises StoreError when the log fails, and whatever a bug raises: the
+        caller decides what a failed cycle means."""
+
+        def say(step: str) -> None:
+            if progress is not None:
+                progress(f"{tenant.name}: {step}")
+
+        now = self.clock()
         phases = (
             ("PowerOffice", "products and invoices → Ongoing", self._poll_poweroffice),
             ("Ongoing stock", "stock → PowerOffice", self._poll_stock),
         )
         for phase, label, poll in phases:
-            say(f"{label}: polling {phase}")
-            async with anyio.create_task_group() as tg:
-                for tenant in self.settings.tenants:
-                    tg.start_soon(self._guarded, phase, poll, tenant, started, reports[tenant.name])
+            if expired():
+                report.deadline_reached = True
+                return
+            if not report.setup_error:
+                say(f"{label}: polling {phase}")
+                await self._guarded(phase, poll, tenant, now, report)
+            if expired():
+                report.deadline_reached = True
+                return
             say(f"{label}: projecting")
-            for tenant in self.settings.tenants:
-                result = await project(self.log, tenant)
-                reports[tenant.name].commands += result.commands
-                reports[tenant.name].failed += result.failed
+            result = await project(self.log, tenant)
+            report.commands += result.commands
+            report.failed += result.failed
+            if expired():
+                report.deadline_reached = True
+                return
             say(f"{label}: sending")
-            summary = await self.send()
-            for name, counts in summary.tenants.items():
-                r = reports[name]
-                r.delivered += counts.delivered
-                r.skipped += counts.skipped
-                r.failed += counts.failed
-                r.waiting = counts.waiting
-        return CycleReport(started, reports)
+            counts = (await self.send([tenant], expired=expired)).tenant(tenant.name)
+            report.delivered += counts.delivered
+            report.skipped += counts.skipped
+            report.failed += counts.failed
+            report.waiting = counts.waiting
+            if expired():
+                report.deadline_reached = True
 
-    async def send(self) -> SendSummary:
+    async def send(
+        self, tenants: Sequence[TenantSettings] | None = None, *, expired: Expired | None = None
+    ) -> SendSummary:
+        """Send what is pending for `tenants` (default: all); see `StageRunner.run_once` for `expired`."""
         sender = Sender(
             self.log,
-            self.settings.tenants,
+            self.settings.tenants if tenants is None else tenants,
             ongoing=self.ongoing,
             poweroffice=self.poweroffice,
             parallel=self.settings.ongoing.parallel_goods_owners,
         )
-        return await sender.run_once()
+        return await sender.run_once(expired=expired)
 
     async def _guarded(
         self,
@@ -164,9 +440,7 @@ class Runtime:
         now: datetime,
         report: TenantReport,
     ) -> None:
-        """Run one tenant's polls; a failure is reported for that tenant and the others go on."""
-        if report.setup_error:
-            return
+        """Run one of a tenant's polls; an API failure or a surprise is reported, and the cycle goes on."""
         try:
             await poll(tenant, now, report)
         except AuthError as exc:
@@ -177,9 +451,9 @@ class Runtime:
             report.errors.append(f"{phase}: {exc}")
             report.setup_error = report.setup_error or exc.status is None
             log.error("%s: polling %s failed: %s", tenant.name, phase, exc)
-        except StoreError:
-            raise  # the log itself failed: no tenant can go on
-        except Exception as exc:  # a bulkhead: one tenant's surprise must not stop the others' cycle
+        except (StoreError, ConfigError):
+            raise  # the log itself failed (or cannot be used): the cycle cannot go on
+        except Exception as exc:  # a bug polling one source: reported, and the rest of the cycle still runs
             report.errors.append(f"{phase}: unexpected {type(exc).__name__}: {exc}")
             log.exception("%s: polling %s failed unexpectedly", tenant.name, phase)
 

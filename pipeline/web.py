@@ -1,7 +1,9 @@
-"""The service's HTTP face while `pipeline run` is up: `/healthz`, `/metrics` (Prometheus text) and `/` (status).
+"""The service's HTTP face while `pipeline run` is up: `/readyz` (and `/healthz`, the same), `/metrics` (Prometheus
+text) and `/` (status).
 
-- `/healthz`: 200 while the last cycle finished within twice the interval (plus a grace minute) and its setup
-  was sound; 503 otherwise, with the reason. Before the first cycle ends it answers 200 "starting".
+- `/readyz`: 200 while every tenant's last cycle ended within twice its interval (plus a grace minute) and did not
+  fail (`TenantState.failing`: the cycle raised, a poll failed, or the tenant could not be reached); 503 otherwise,
+  naming each tenant and why. Before the first cycle ends it answers 200 "starting". `/healthz` is an alias.
 - `/metrics`: counters and gauges from `prometheus_client`, on a registry of our own (no process globals).
 - `/`: a small page with the last cycle per tenant.
 """
@@ -18,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from pipeline.runtime import CycleReport
+from pipeline.runtime import CycleReport, TenantState
 from pipeline.serving import serve_app
 
 
@@ -39,46 +41,96 @@ class Metrics:
         self.failed = Counter("pipeline_failed", "Entities that failed (mapping or delivery)", ["tenant"], registry=r)
         self.waiting = Gauge("pipeline_waiting", "Commands waiting (quarantine or articles)", ["tenant"], registry=r)
         self.last_cycle = Gauge("pipeline_last_cycle_timestamp_seconds", "End of the last cycle", registry=r)
+        self.cycles_failed = Counter(
+            "pipeline_cycles_failed", "Tenant cycles that failed (the log, a poll, a bug)", ["tenant"], registry=r
+        )
+        self.last_success = Gauge(
+            "pipeline_last_success_timestamp_seconds",
+            "End of the tenant's last cycle that did not fail",
+            ["tenant"],
+            registry=r,
+        )
 
 
 class Status:
-    """What the service knows about itself; `record` is called after every cycle."""
+    """What the service knows about itself: each tenant's `TenantState`, given to `record_tenant` after each of
+    its cycles (`record` takes a whole `CycleReport` instead)."""
 
     def __init__(self, interval_seconds: float, clock: Callable[[], datetime]) -> None:
         self.interval = timedelta(seconds=interval_seconds)
         self.clock = clock
         self.metrics = Metrics()
-        self.last: CycleReport | None = None
+        self.since = clock()
+        self.tenants: dict[str, TenantState] = {}
         self.last_end: datetime | None = None
 
-    def record(self, report: CycleReport, ended: datetime) -> None:
-        self.last, self.last_end = report, ended
+    def record_tenant(self, state: TenantState) -> None:
+        self.tenants[state.name] = state
+        ended = state.last_ended or self.clock()
+        self.last_end = ended
         m = self.metrics
-        m.cycles.labels(["ok", "failures", "setup"][report.exit_code]).inc()
-        m.duration.observe((ended - report.started).total_seconds())
+        m.cycles.labels(state.result).inc()
         m.last_cycle.set(ended.timestamp())
+        if state.last_started is not None:
+            m.duration.observe((ended - state.last_started).total_seconds())
+        t = state.report
+        if t is None:
+            return
+        m.observed.labels(t.name).inc(t.observed)
+        m.commands.labels(t.name).inc(t.commands)
+        m.delivered.labels(t.name).inc(t.delivered)
+        m.skipped.labels(t.name).inc(t.skipped)
+        m.failed.labels(t.name).inc(t.failed)
+        m.waiting.labels(t.name).set(t.waiting)
+        if t.cycle_failed:
+            m.cycles_failed.labels(t.name).inc()
+        if state.last_success is not None:
+            m.last_success.labels(t.name).set(state.last_success.timestamp())
+
+    def record(self, report: CycleReport, ended: datetime) -> None:
+        """Record a cycle of every tenant (each tenant's state follows from its report)."""
+        interval = self.interval.total_seconds()
         for t in report.tenants.values():
-            m.observed.labels(t.name).inc(t.observed)
-            m.commands.labels(t.name).inc(t.commands)
-            m.delivered.labels(t.name).inc(t.delivered)
-            m.skipped.labels(t.name).inc(t.skipped)
-            m.failed.labels(t.name).inc(t.failed)
-            m.waiting.labels(t.name).set(t.waiting)
+            before = self.tenants.get(t.name) or TenantState(t.name, interval)
+            failed = t.cycle_failed
+            last_error = t.cycle_error or ("; ".join(t.errors) if t.errors else None)
+            self.record_tenant(
+                TenantState(
+                    t.name,
+                    before.interval_seconds,
+                    result=t.result,
+                    report=t,
+                    last_error=last_error,
+                    last_started=report.started,
+                    last_ended=ended,
+                    last_success=before.last_success if failed else ended,
+                    cycles=before.cycles + 1,
+                    failed_cycles=before.failed_cycles + failed,
+                )
+            )
 
     def health(self) -> tuple[bool, str]:
-        if self.last is None or self.last_end is None:
+        """Readiness: (ready, reason). Not ready while a tenant's last cycle failed or none ended for too long."""
+        now = self.clock()
+        problems: list[str] = []
+        for state in self.tenants.values():
+            if state.failing and state.report is not None and state.report.setup_error:
+                detail = f": {state.last_error}" if state.last_error else ""
+                problems.append(f"{state.name}: unreachable or refused{detail}")
+            elif state.failing:
+                problems.append(f"{state.name}: last cycle failed ({state.failed_cycles} so far): {state.last_error}")
+            late = now - (state.last_ended or self.since)
+            if late > 2 * timedelta(seconds=state.interval_seconds) + timedelta(minutes=1):
+                problems.append(f"{state.name}: no cycle finished for {int(late.total_seconds())} s")
+        if problems:
+            return False, "; ".join(problems)
+        if all(state.report is None for state in self.tenants.values()):
             return True, "starting"
-        late = self.clock() - self.last_end
-        if late > 2 * self.interval + timedelta(minutes=1):
-            return False, f"no cycle finished for {int(late.total_seconds())} s"
-        if self.last.exit_code == 2:
-            bad = [t.name for t in self.last.tenants.values() if t.setup_error]
-            return False, f"tenants unreachable or refused: {', '.join(bad)}"
         return True, "ok"
 
 
 def create_app(status: Status) -> web.Application:
-    async def healthz(_: web.Request) -> web.Response:
+    async def readyz(_: web.Request) -> web.Response:
         ok, reason = status.health()
         return web.Response(status=200 if ok else 503, text=reason + "\n")
 
@@ -89,21 +141,32 @@ def create_app(status: Status) -> web.Application:
     async def index(_: web.Request) -> web.Response:
         ok, reason = status.health()
         rows = ""
-        if status.last is not None:
-            for t in status.last.tenants.values():
-                cells = (t.name, t.observed, t.commands, t.delivered, t.skipped, t.failed, t.waiting)
-                rows += "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+        for state in status.tenants.values():
+            t = state.report
+            counts = (t.observed, t.commands, t.delivered, t.skipped, t.failed, t.waiting) if t else ("",) * 6
+            cells = (
+                state.name,
+                *counts,
+                state.result,
+                state.last_error or "",
+                _when(state.last_success),
+                _when(state.next_cycle),
+                state.failed_cycles,
+            )
+            rows += "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
         ended = status.last_end.isoformat() if status.last_end else "not yet"
         page = (
             "<!doctype html><title>pipeline</title><h1>pipeline</h1>"
             f"<p>health: {html.escape(reason)} · last cycle ended: {html.escape(ended)}</p>"
             "<table border=1><tr><th>tenant<th>observed<th>commands<th>delivered<th>skipped<th>failed<th>waiting"
+            "<th>last cycle<th>last error<th>last success<th>next cycle<th>failed cycles"
             f"{rows}</table>"
         )
         return web.Response(text=page, content_type="text/html", status=200 if ok else 503)
 
     app = web.Application()
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
     return app
@@ -114,3 +177,7 @@ async def serve(status: Status, host: str, port: int) -> AsyncIterator[str]:
     """Serve the status app; yields its base URL."""
     async with serve_app(create_app(status), host, port) as origin:
         yield origin
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment else "—"

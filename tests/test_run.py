@@ -70,4 +70,4 @@ def test_health_turns_red_when_cycles_stop_or_setup_fails() -> None:
     assert "no cycle finished" in reason
     bad = CycleReport(now, {"a": TenantReport("a", setup_error=True)})
     status.record(bad, clock[0])
-    assert status.health() == (False, "tenants unreachable or refused: a")
+    assert status.health() == (False, "a: unreachable or refused")

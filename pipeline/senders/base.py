@@ -43,7 +43,7 @@ import math
 import uuid
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,9 +220,12 @@ class StageRunner:
         self.tenants = tuple(tenants)
         self.parallel = parallel
 
-    async def run_once(self) -> SendSummary:
+    async def run_once(self, *, expired: Callable[[], bool] | None = None) -> SendSummary:
         """Deliver everything deliverable now. Raises StoreError if the log fails (after the other lanes end);
-        a target's failures never raise: they become outcome events."""
+        a target's failures never raise: they become outcome events.
+
+        Once `expired()` is true, lanes start no new delivery (the ones in flight finish and are recorded); the
+        commands left have no outcome, so the next run sends them. They are counted `waiting`."""
         summary = SendSummary({t.name: TenantSummary() for t in self.tenants})
         errors: list[Exception] = []
 
@@ -230,7 +233,7 @@ class StageRunner:
             counts = TenantSummary()
             try:
                 async with limiter:
-                    await _Lane(self.log, stage, tenant, counts).run()
+                    await _Lane(self.log, stage, tenant, counts, expired).run()
             except Exception as exc:  # one broken lane must not cancel the others; re-raised below
                 logger.exception("sender %s for tenant %s failed", stage.name, tenant.name)
                 errors.append(exc)
@@ -276,8 +279,16 @@ class _Watermark:
 class _Lane:
     """One stage for one tenant, for one run."""
 
-    def __init__(self, log: EventLog, stage: Stage, tenant: TenantSettings, counts: TenantSummary) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        stage: Stage,
+        tenant: TenantSettings,
+        counts: TenantSummary,
+        expired: Callable[[], bool] | None = None,
+    ) -> None:
         self.log = log
+        self.expired = expired or (lambda: False)
         self.stage = stage
         self.tenant = tenant
         self.counts = counts
@@ -379,7 +390,7 @@ class _Lane:
         with finished, finished_out:
             async with anyio.create_task_group() as tg:
                 while True:
-                    while ready and running < self.stage.in_flight:
+                    while ready and running < self.stage.in_flight and not self.expired():
                         _, command = heapq.heappop(ready)
                         blockers = self.stage.blockers(command, self.view)
                         if blockers:
@@ -401,7 +412,7 @@ class _Lane:
                         if not left:
                             del missing[waiter.position]
                             heapq.heappush(ready, (waiter.position, waiter))
-        self.counts.waiting += len(missing)
+        self.counts.waiting += len(missing) + len(ready)  # `ready` is left only when the run expired
 
     async def _deliver(self, command: StoredEvent, finished: MemoryObjectSendStream[tuple[StoredEvent, bool]]) -> None:
         attempts = Attempts()
