@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from rich.console import Console
@@ -25,6 +25,9 @@ from pipeline.replay import Kind
 from pipeline.replay import replay as replay_
 from pipeline.runtime import EXIT_CYCLE_FAILED, CycleReport, Runtime, TenantState, describe_failure, fatal_error
 
+if TYPE_CHECKING:
+    from pipeline.web import Status
+
 log = logging.getLogger(__name__)
 
 
@@ -38,9 +41,12 @@ async def _cycle(console: Console, runtime: Runtime, title: str) -> CycleReport:
     return report
 
 
-async def sync(console: Console, settings: Settings) -> int:
-    """One cycle of every tenant. Exit 3 (with one line on stderr per failure) when a tenant's cycle failed."""
-    async with Runtime(settings, command="sync") as runtime:
+async def sync(
+    console: Console, settings: Settings, *, wrap_log: Callable[[SqliteEventLog], EventLog] | None = None
+) -> int:
+    """One cycle of every tenant. Exit 3 (with one line on stderr per failure) when a tenant's cycle failed.
+    `wrap_log` wraps the log (tests inject faults with it)."""
+    async with Runtime(settings, command="sync", wrap_log=wrap_log) as runtime:
         try:
             report = await _cycle(console, runtime, "sync")
         except Exception as exc:  # the cycle reports failures itself; this is the last net, never a traceback
@@ -69,18 +75,20 @@ async def run_forever(
     interval: float | None = None,
     clock: Callable[[], datetime] | None = None,
     wrap_log: Callable[[SqliteEventLog], EventLog] | None = None,
+    status: Status | None = None,
 ) -> int:
     """Every tenant's loop (a cycle every interval, see `pipeline.runtime`) until one of `signals` arrives (or
     `stop` is set); each running cycle finishes first. Serves /readyz (= /healthz), /metrics and a status page at
     `status_host:status_port` meanwhile. A failed cycle is shown and counted, and the loop goes on.
 
     `cycled` hears each tenant's state after each cycle. Tests bound the run with `cycles` (per tenant), replace
-    every tenant's `interval`, inject the `clock`, and wrap the log (`wrap_log`) to inject faults."""
+    every tenant's `interval`, inject the `clock`, wrap the log (`wrap_log`) to inject faults, and may pass the
+    `status` to record in."""
     from pipeline.web import Status, serve
 
     stop = stop or anyio.Event()
     clock = clock or (lambda: datetime.now(UTC))
-    status = Status(settings.interval_seconds, clock)
+    status = status or Status(settings.interval_seconds, clock)
 
     def record(state: TenantState) -> None:
         status.record_tenant(state)

@@ -71,3 +71,50 @@ def test_health_turns_red_when_cycles_stop_or_setup_fails() -> None:
     bad = CycleReport(now, {"a": TenantReport("a", setup_error=True)})
     status.record(bad, clock[0])
     assert status.health() == (False, "a: unreachable or refused")
+
+
+@pytest.mark.anyio
+async def test_readyz_healthz_and_page_show_a_failed_cycle_until_the_next_one_succeeds() -> None:
+    """A tenant's failed cycle makes /readyz (and /healthz) 503 naming the tenant and the cause; the page shows the
+    error, the last success and the next cycle; /metrics counts it. The next good cycle makes it ready again."""
+    from pipeline.runtime import TenantState
+    from pipeline.serving import serve_app
+    from pipeline.web import create_app
+
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    status = Status(60, lambda: now)
+    good = TenantState("a", 60, result="ok", report=TenantReport("a"), last_started=now, last_ended=now)
+    status.record_tenant(dataclasses.replace(good, last_success=now, cycles=1))
+    broken = TenantReport("b", cycle_error="StoreError: append failed: database or disk is full <x>")
+    status.record_tenant(
+        TenantState(
+            "b",
+            60,
+            result="failed",
+            report=broken,
+            last_error=broken.cycle_error,
+            last_started=now,
+            last_ended=now,
+            next_cycle=now + timedelta(seconds=60),
+            cycles=1,
+            failed_cycles=1,
+        )
+    )
+    async with serve_app(create_app(status)) as origin, aiohttp.ClientSession() as session:
+        for path in ("/readyz", "/healthz"):
+            async with session.get(origin + path) as resp:
+                text = await resp.text()
+                assert resp.status == 503
+                assert text.startswith("b: last cycle failed (1 so far): StoreError: append failed")
+                assert "a:" not in text
+        async with session.get(origin + "/") as resp:
+            page = await resp.text()
+            assert "database or disk is full &lt;x&gt;" in page
+            assert "2026-11-25T12:01:00+00:00" in page  # b's next cycle
+        async with session.get(origin + "/metrics") as resp:
+            metrics = await resp.text()
+            assert 'pipeline_cycles_failed_total{tenant="b"} 1.0' in metrics
+            assert 'pipeline_cycles_total{result="failed"} 1.0' in metrics
+        status.record_tenant(TenantState("b", 60, result="ok", report=TenantReport("b"), last_ended=now, cycles=2))
+        async with session.get(origin + "/readyz") as resp:
+            assert (resp.status, (await resp.text()).strip()) == (200, "ok")

@@ -11,7 +11,8 @@ What it does (paths are under `/{warehouse}/api/v1`):
 - **Writes are processed one at a time per goods owner.** A write waits for the one in flight for its goods owner;
   one that has waited `write_queue_timeout` seconds fails with 500 `{"Message": "An error has occurred."}`, the
   only failure body seen from the live server. `write_latency` is the time each write holds its turn (counted
-  from its arrival or the end of the previous write, whichever is later).
+  from its arrival or the end of the previous write, whichever is later); `write_latencies[goods_owner_id]`
+  sets it for one goods owner.
 - Orders start at status 200 (Open); `set_order_status` moves them. At status ≥ 300 the warehouse has started and
   an update is refused with 400. A line whose article number the goods owner does not have is refused with 400.
   Guesses, because the notes could not settle them: an update replaces the order lines with the ones sent, and an
@@ -183,6 +184,8 @@ class FakeOngoing:
         self.username = username
         self.password = password
         self.write_latency = write_latency
+        # goods owner id -> its own write latency (instead of `write_latency`): one slow warehouse client.
+        self.write_latencies: dict[int, float] = {}
         self.write_queue_timeout = write_queue_timeout
         self.goods_owner_credentials = dict(goods_owner_credentials or {})
         self.warehouse = warehouse
@@ -416,7 +419,8 @@ class FakeOngoing:
                 # The turn starts when the write arrived or the previous one finished, whichever is later; reading
                 # and checking the body is part of the turn, not extra time on top of it.
                 started = max(info["arrived"], owner.turn_free_at)
-                delay = started + self.write_latency - self._monotonic()
+                latency = self.write_latencies.get(goods_owner_id, self.write_latency)
+                delay = started + latency - self._monotonic()
                 if delay > 0:
                     await anyio.sleep(delay)
                 response = apply(goods_owner_id, body)
