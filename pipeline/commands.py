@@ -106,19 +106,25 @@ async def run_forever(
                 stop.set()
                 return
 
-    async with (
-        Runtime(settings, clock=clock, command="run", wrap_log=wrap_log) as runtime,
-        serve(status, settings.status_host, settings.status_port) as url,
-        anyio.create_task_group() as tg,
-    ):
-        console.print(f"status: {url}/  ready: {url}/readyz  metrics: {url}/metrics")
-        status.tenants.update(runtime.states)
-        if started:
-            started(url)
-        if signals:
-            tg.start_soon(watch)
-        await runtime.run(stop, cycles=cycles, interval=interval, on_cycle=record)
-        tg.cancel_scope.cancel()
+    try:
+        async with (
+            Runtime(settings, clock=clock, command="run", wrap_log=wrap_log) as runtime,
+            serve(status, settings.status_host, settings.status_port) as url,
+            anyio.create_task_group() as tg,
+        ):
+            console.print(f"status: {url}/  ready: {url}/readyz  metrics: {url}/metrics")
+            status.tenants.update(runtime.states)
+            if started:
+                started(url)
+            if signals:
+                tg.start_soon(watch)
+            await runtime.run(stop, cycles=cycles, interval=interval, on_cycle=record)
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the task group wraps what ends `run`: hand the CLI the error itself
+        fatal = fatal_error(group)
+        if fatal is not None:
+            raise fatal from None
+        raise
     return 0
 
 

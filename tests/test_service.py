@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from rich.console import Console
 
 from pipeline.commands import run_forever, sync
-from pipeline.errors import StoreError
+from pipeline.errors import ConfigError, StoreError
 from pipeline.eventlog.base import AppendResult, NewEvent, StoredEvent
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import CommandSucceeded
@@ -65,11 +65,13 @@ class FaultyLog:
         return await self.inner.append(events, cursors=cursors, checkpoints=checkpoints)
 
     def read(self, **query: Any) -> AsyncIterator[StoredEvent]:
-        if self.fault == "read" and query.get("tenant") == self.tenant:
+        if self.fault in ("read", "config") and query.get("tenant") == self.tenant:
             return self._broken()
         return self.inner.read(**query)
 
     async def _broken(self) -> AsyncIterator[StoredEvent]:
+        if self.fault == "config":
+            raise ConfigError(["tenants[0]: made unusable by the test"])
         self._fail("read")
         yield  # pragma: no cover: makes this an async generator
 
@@ -184,6 +186,21 @@ async def test_run_survives_store_faults_on_append_read_and_in_a_sender_task_gro
     for i, tenant in enumerate(settings.tenants):
         assert articles(world, i) == set(expected_articles(world.tenants[i], tenant))
     written_once(world, repeated=1)  # the write whose success could not be recorded went once more
+
+
+@pytest.mark.anyio
+async def test_only_a_configuration_error_ends_run(world: World, tmp_path: Path) -> None:
+    """A ConfigError out of a cycle (even from inside task groups) ends `run` as itself, so the CLI says it and
+    exits 2; the other tenant's loop is stopped with it."""
+    settings = dataclasses.replace(world.settings(tmp_path / "p.db", requests_per_second=1000), status_port=0)
+
+    def wrap(log: SqliteEventLog) -> FaultyLog:
+        faulty = FaultyLog(log, settings.tenants[0].name)
+        faulty.fault = "config"
+        return faulty
+
+    with pytest.raises(ConfigError, match="made unusable"):
+        await run_forever(Console(file=io.StringIO()), settings, interval=0, clock=fixed_clock, wrap_log=wrap)
 
 
 @pytest.mark.anyio
