@@ -221,7 +221,7 @@ async def demo(console: Console, directory: str) -> int:
             f"Fake PowerOffice Go at {world.poweroffice_origin}, fake Ongoing WMS at {world.ongoing_url};"
             f" {len(world.tenants)} goods owners with generated companies."
         )
-        async with Runtime(settings) as runtime:
+        async with Runtime(settings, command="demo") as runtime:
             first = await _cycle(console, runtime, "cycle 1 (first run)")
             for t in world.tenants:
                 articles = len(world.ongoing.owner(t.goods_owner_id).articles)

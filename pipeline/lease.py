@@ -42,7 +42,8 @@ class Holder:
 
     def describe(self) -> str:
         pid = self.pid if self.pid is not None else "?"
-        return f"`pipeline {self.command}` (pid {pid} on host {self.host}, since {self.since})"
+        who = f"`pipeline {self.command}`" if self.command not in ("", "?") else "a pipeline process"
+        return f"{who} (pid {pid} on host {self.host}, since {self.since})"
 
 
 class LeaseHeldError(PipelineError):
@@ -70,7 +71,7 @@ class Lease:
     the lock file cannot be opened at all.
     """
 
-    def __init__(self, database: Path, command: str = "pipeline") -> None:
+    def __init__(self, database: Path, command: str = "") -> None:
         self.database = Path(database)
         self.path = lock_path(self.database)
         self.command = command

@@ -198,7 +198,7 @@ class Runtime:
         *,
         clock: Clock = utc_now,
         policy: RetryPolicy | None = None,
-        command: str = "pipeline",
+        command: str = "",
         wrap_log: Callable[[SqliteEventLog], EventLog] | None = None,
     ) -> None:
         self.settings = settings

@@ -339,3 +339,52 @@ async def test_a_time_deadline_cuts_a_long_send_and_nothing_is_lost(tmp_path: Pa
                 pytest.fail("the work was never finished")
         assert articles(world, 0) == set(expected_articles(t, settings.tenants[0]))
         written_once(world)
+
+
+def test_a_tenant_interval_defaults_to_the_global_one_and_is_checked() -> None:
+    """`tenants[].interval_seconds` is optional (None: the global interval) and at least 1 s."""
+    from pipeline.config import parse_settings
+
+    def raw(**tenant: Any) -> dict[str, Any]:
+        return {
+            "database": "p.db",
+            "interval_seconds": 600,
+            "poweroffice": {"application_key": "a", "subscription_key": "s"},
+            "ongoing": {"api_url": "https://x/api/v1", "username": "u", "password": "p"},
+            "tenants": [{"name": "t", "poweroffice_client_key": "k", "ongoing_goods_owner_id": 1, **tenant}],
+        }
+
+    plain = parse_settings(raw(), base=Path("/tmp"), env={})
+    assert plain.tenants[0].interval_seconds is None
+    own = parse_settings(raw(interval_seconds=60), base=Path("/tmp"), env={})
+    assert own.tenants[0].interval_seconds == 60.0
+    with pytest.raises(ConfigError, match=r"tenants\[0\]\.interval_seconds: must be at least 1"):
+        parse_settings(raw(interval_seconds=0), base=Path("/tmp"), env={})
+
+
+@pytest.mark.anyio
+async def test_each_tenant_is_scheduled_on_its_own_interval(world: World, tmp_path: Path) -> None:
+    """A tenant with its own interval is next due after that interval; the others after the global one."""
+    settings = world.settings(tmp_path / "p.db", requests_per_second=1000)
+    quick, plain = settings.tenants
+    settings = dataclasses.replace(
+        settings, interval_seconds=900, tenants=(dataclasses.replace(quick, interval_seconds=60), plain)
+    )
+    stop = anyio.Event()
+    states: dict[str, TenantState] = {}
+
+    def cycled(state: TenantState) -> None:
+        states[state.name] = state
+        if len(states) == 2:
+            stop.set()
+
+    async with Runtime(settings, clock=fixed_clock) as runtime:
+        assert (runtime.interval_of(settings.tenants[0]), runtime.interval_of(plain)) == (60, 900)
+        with anyio.fail_after(30):
+            await runtime.run(stop, on_cycle=cycled)
+    for name, interval in ((quick.name, 60), (plain.name, 900)):
+        state = states[name]
+        assert state.next_cycle is not None
+        assert state.last_ended == NOW
+        due = (state.next_cycle - NOW).total_seconds()
+        assert interval - 20 < due <= interval, (name, due)
