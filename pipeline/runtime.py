@@ -14,10 +14,12 @@ clients) and the PowerOffice limiter of their subscription key. One tenant's cyc
 start of the previous cycle; a cycle that overruns is followed at once by the next. A slow goods owner delays only
 its own loop.
 
-**Deadline.** A cycle's deadline is its tenant's interval. Past it (or once the service is stopping), the cycle
-starts no new step and no new delivery; writes in flight finish and are recorded. What is left has no outcome and
-the sender's checkpoint stays below it, so the next cycle picks it up from the log: nothing is lost. A poll is never
-cut short: it would start again from its cursor, and a backfill longer than the deadline would never finish.
+**Deadline.** A cycle's deadline is its tenant's interval. Past it, each send lane starts no delivery but its
+first (so a cycle always makes progress, even when its polls outlast the deadline); writes in flight finish and are
+recorded. What is left has no outcome and the sender's checkpoint stays below it, so the next cycle picks it up
+from the log: nothing is lost. Polls and projections are never cut short: a poll would start again from its cursor,
+and a backfill longer than the deadline would never finish. Once the service is stopping, no new step starts
+either.
 
 **Staying up.** A cycle that raises (the log failed: disk full, locked, read-only; a bug; an `ExceptionGroup` out of
 a task group) is logged with its cause, recorded in the tenant's `TenantState` (`last_error`, `failed_cycles`) and
@@ -339,7 +341,7 @@ class Runtime:
             return stop.is_set() or anyio.current_time() >= deadline_at
 
         try:
-            await self.tenant_cycle(tenant, report, expired=expired, progress=progress)
+            await self.tenant_cycle(tenant, report, expired=expired, stopping=stop.is_set, progress=progress)
         except Exception as exc:
             fatal = fatal_error(exc)
             if fatal is not None:
@@ -378,11 +380,15 @@ class Runtime:
         report: TenantReport,
         *,
         expired: Expired = lambda: False,
+        stopping: Expired = lambda: False,
         progress: Progress | None = None,
     ) -> None:
-        """Poll, project and send for `tenant`, filling `report`. Once `expired()` is true no new step or delivery
-        starts (`report.deadline_reached`). Raises StoreError when the log fails, and whatever a bug raises: the
-        caller decides what a failed cycle means."""
+        """Poll, project and send for `tenant`, filling `report`. Raises StoreError when the log fails, and
+        whatever a bug raises: the caller decides what a failed cycle means.
+
+        Once `expired()` is true (the deadline), each send lane starts no delivery but its first, so even a
+        cycle whose polls outlast the deadline makes progress; the steps themselves all run. Once `stopping()` is
+        true, no new step starts either. Either sets `report.deadline_reached`."""
 
         def say(step: str) -> None:
             if progress is not None:
@@ -394,20 +400,17 @@ class Runtime:
             ("Ongoing stock", "stock → PowerOffice", self._poll_stock),
         )
         for phase, label, poll in phases:
-            if expired():
+            if stopping():
                 report.deadline_reached = True
                 return
             if not report.setup_error:
                 say(f"{label}: polling {phase}")
                 await self._guarded(phase, poll, tenant, now, report)
-            if expired():
-                report.deadline_reached = True
-                return
-            say(f"{label}: projecting")
+            say(f"{label}: projecting")  # local work, a checkpoint per batch: never cut
             result = await project(self.log, tenant)
             report.commands += result.commands
             report.failed += result.failed
-            if expired():
+            if stopping():
                 report.deadline_reached = True
                 return
             say(f"{label}: sending")

@@ -224,8 +224,9 @@ class StageRunner:
         """Deliver everything deliverable now. Raises StoreError if the log fails (after the other lanes end);
         a target's failures never raise: they become outcome events.
 
-        Once `expired()` is true, lanes start no new delivery (the ones in flight finish and are recorded); the
-        commands left have no outcome, so the next run sends them. They are counted `waiting`."""
+        Once `expired()` is true, a lane starts no new delivery but its first of the run (so every run makes
+        progress); the ones in flight finish and are recorded. The commands left have no outcome, so the next run
+        sends them. They are counted `waiting`."""
         summary = SendSummary({t.name: TenantSummary() for t in self.tenants})
         errors: list[Exception] = []
 
@@ -385,12 +386,12 @@ class _Lane:
         heapq.heapify(ready)
         parked: dict[str, list[StoredEvent]] = defaultdict(list)
         missing: dict[int, set[str]] = {}
-        running = 0
+        running = started = 0
         finished, finished_out = anyio.create_memory_object_stream[tuple[StoredEvent, bool]](math.inf)
         with finished, finished_out:
             async with anyio.create_task_group() as tg:
                 while True:
-                    while ready and running < self.stage.in_flight and not self.expired():
+                    while ready and running < self.stage.in_flight and not (started and self.expired()):
                         _, command = heapq.heappop(ready)
                         blockers = self.stage.blockers(command, self.view)
                         if blockers:
@@ -399,6 +400,7 @@ class _Lane:
                                 parked[blocker].append(command)
                             continue
                         running += 1
+                        started += 1
                         tg.start_soon(self._deliver, command, finished)
                     if running == 0:
                         break
