@@ -6,23 +6,26 @@ A test (or the demo) pushes `Fault`s; each request that matches the head fault o
     faults.add(Fault("latency", seconds=0.05))                  # every request, forever
     faults.add(Fault("drop"), path="/orders", times=1)           # connection closed without an answer
     faults.add(Fault("hang", seconds=5), times=1)                # no answer until the client times out
+    faults.add(Fault("delay", seconds=0.25), times=None)         # network delay: 0..0.25 s before the server sees it
 
-Kinds: `latency` (delay, then serve normally), `status` (answer with that status and body, optional Retry-After),
-`hang` (wait `seconds` and then answer 504; a client with a shorter timeout sees a timeout), `drop` (close the
-connection without an answer).
+Kinds: `latency` (delay, then serve normally), `delay` (like `latency`, but each request waits a random time in
+`[0, seconds]` drawn from the script's seeded random source: network jitter between client and server), `status`
+(answer with that status and body, optional Retry-After), `hang` (wait `seconds` and then answer 504; a client
+with a shorter timeout sees a timeout), `drop` (close the connection without an answer).
 """
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import anyio
 from aiohttp import web
 
-FaultKind = Literal["latency", "status", "hang", "drop"]
+FaultKind = Literal["latency", "delay", "status", "hang", "drop"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,8 @@ class LoggedRequest:
 @dataclass(slots=True)
 class FaultScript:
     rules: list[_Rule] = field(default_factory=list)
+    # Draws the waits of `delay` faults; seeded, so a run is repeatable.
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
 
     def add(self, fault: Fault, *, method: str | None = None, path: str | None = None, times: int | None = 1) -> None:
         """Queue `fault` for requests matching `method` and the `path` regex (searched, case-insensitive)."""
@@ -83,6 +88,8 @@ class FaultScript:
                 rule.remaining -= 1
                 if rule.remaining <= 0:
                     self.rules.remove(rule)
+            if rule.fault.kind == "delay":
+                return replace(rule.fault, seconds=self.rng.uniform(0.0, rule.fault.seconds))
             return rule.fault
         return None
 
@@ -94,7 +101,7 @@ async def apply_fault(fault: Fault | None, request: web.Request, handler: Handle
     """Serve `request` through `fault` (or plainly when None)."""
     if fault is None:
         return await handler(request)
-    if fault.kind == "latency":
+    if fault.kind in ("latency", "delay"):
         await anyio.sleep(fault.seconds)
         return await handler(request)
     if fault.kind == "status":
