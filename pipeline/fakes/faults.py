@@ -142,4 +142,6 @@ async def _echo(request: web.Request) -> bytes:
             pass
     body = (await request.read()).decode("utf-8", "replace")
     message = f"The request is invalid.{login} Headers: {headers}. Body: {body}"
-    return orjson.dumps({"Message": message, "Request": {"Headers": dict(request.headers), "Body": body}})
+    return orjson.dumps(
+        {"Message": message, "Request": {"Headers": {str(k): v for k, v in request.headers.items()}, "Body": body}}
+    )
