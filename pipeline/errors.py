@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -50,7 +51,7 @@ TRIM_MARGIN = 1000
 
 _KEY = (
     r"(?<![\w.-])[\w.-]*(?:password|passwd|passphrase|pwd|secret|token|authorization|api[_-]?key|apikey|"
-    r"subscription[_-]?key|application[_-]?key|client[_-]?key|cookie|credential)[\w.-]*"
+    r"subscription[_-]?key|application[_-]?key|client[_-]?key|cookie)[\w.-]*"
 )
 _SCHEME_VALUE = r"(?:basic|bearer|digest|negotiate)\s+[A-Za-z0-9._~+/=-]+"
 # key, its closing quote, a separator, then a quoted value (to its closing quote, or to the end of a cut text) or
@@ -164,6 +165,24 @@ def _redact_basic(match: re.Match[str]) -> str:
     if len(value) % 4:  # not base64: an ordinary word after "basic"
         return match[0]
     return f"{match['scheme']} {REDACTED}"
+
+
+class ScrubbingFilter(logging.Filter):
+    """A log filter that scrubs each record's message and traceback (see `scrub`) before any handler writes it.
+
+    Installed on the process's log handlers by the CLI, so a log line is clean even on a path that forgot to scrub.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        return True
 
 
 def trim(text: str | None, limit: int = DETAIL_LIMIT) -> str:

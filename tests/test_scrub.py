@@ -21,7 +21,16 @@ from pipeline.clients.poweroffice import PowerOfficeClient
 from pipeline.clients.ratelimit import RateLimiter
 from pipeline.config import OngoingSettings, PowerOfficeSettings, Secret, TenantSettings
 from pipeline.console import print_cycle
-from pipeline.errors import REDACTED, ApiError, AuthError, PermanentApiError, remember_secrets, scrub, trim
+from pipeline.errors import (
+    REDACTED,
+    ApiError,
+    AuthError,
+    PermanentApiError,
+    ScrubbingFilter,
+    remember_secrets,
+    scrub,
+    trim,
+)
 from pipeline.fakes.faults import Fault
 from pipeline.fakes.generate import generate_company
 from pipeline.fakes.ongoing import FakeOngoing, serve_ongoing
@@ -201,3 +210,29 @@ async def test_rule13_echoing_servers_leave_no_secret_in_events_logs_or_console(
         for secret in secrets:
             assert secret not in text, f"{where} holds a secret"
         assert not CLEAR_CREDENTIAL.search(text), f"{where}: {CLEAR_CREDENTIAL.search(text)}"
+
+
+def test_rule13_log_filter_scrubs_messages_arguments_and_tracebacks() -> None:
+    """The CLI's log filter cleans a record whose arguments or exception carry a secret, whatever path made it."""
+    secret = "rule13-log-filter-secret"
+    remember_secrets(secret)
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(ScrubbingFilter())
+    logger = logging.getLogger("tests.rule13")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.error("server said %s and %d", f"Authorization: Bearer abcdefgh123 and {secret}", 5)
+        try:
+            raise ValueError(f"password={secret}")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    written = out.getvalue()
+    assert "server said Authorization: *** and *** and 5" in written
+    assert "ValueError: password=***" in written
+    assert secret not in written
+    assert "abcdefgh123" not in written
