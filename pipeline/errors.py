@@ -101,11 +101,12 @@ _known = _KnownSecrets()
 
 
 def _forms(value: str) -> set[str]:
-    """A secret as it may come back: as is, URL-encoded, JSON-escaped."""
+    """A secret as it may come back: as is, URL-encoded, JSON-escaped, with its whitespace collapsed (as trim())."""
     if len(value) < MIN_SECRET_LENGTH:
         return set()
     forms = {
         value,
+        " ".join(value.split()),
         quote(value, safe=""),
         quote_plus(value),
         json.dumps(value)[1:-1],
@@ -145,7 +146,7 @@ def scrub(text: str, extra: Iterable[str] = ()) -> str:
     """`text` without any known secret (see the module docstring), nor the `extra` values (any length)."""
     if not text:
         return text
-    for value in sorted({v for v in extra if v}, key=len, reverse=True):
+    for value in sorted({f for v in extra if v for f in (v, " ".join(v.split())) if f}, key=len, reverse=True):
         text = text.replace(value, REDACTED)
     for value in _known.ordered():
         if value in text:  # a substring test per value is much faster than one big alternation
@@ -185,8 +186,9 @@ class ScrubbingFilter(logging.Filter):
         return True
 
 
-def trim(text: str | None, limit: int = DETAIL_LIMIT) -> str:
-    """Scrub `text` (see `scrub`), collapse whitespace and cut it to `limit` characters, marking the cut.
+def trim(text: str | None, limit: int = DETAIL_LIMIT, *, secrets: Iterable[str] = ()) -> str:
+    """Scrub `text` (see `scrub`; `secrets` as its `extra`), collapse whitespace and cut it to `limit` characters,
+    marking the cut.
 
     Only the part that can be kept is scrubbed (plus a margin, so a secret across the cut goes too): linear in
     the length of `text`, whatever a server sends.
@@ -194,7 +196,7 @@ def trim(text: str | None, limit: int = DETAIL_LIMIT) -> str:
     if not text:
         return ""
     flat = " ".join(text.split())
-    flat = scrub(flat[: limit + TRIM_MARGIN])
+    flat = scrub(flat[: limit + TRIM_MARGIN], secrets)
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 

@@ -236,3 +236,10 @@ def test_rule13_log_filter_scrubs_messages_arguments_and_tracebacks() -> None:
     assert "ValueError: password=***" in written
     assert secret not in written
     assert "abcdefgh123" not in written
+
+
+def test_rule13_a_secret_with_whitespace_goes_even_after_trim_collapses_it() -> None:
+    """A password with a tab or double space is still found once trim() has collapsed the whitespace."""
+    remember_secrets("rule13  tab\tpass")
+    assert "rule13" not in trim("echo: rule13  tab\tpass!")
+    assert "word" not in trim("echo: pass  word!", secrets=["pass  word"])

@@ -34,7 +34,7 @@ from pipeline.errors import (
     TransientApiError,
     credential_values,
     remember_secrets,
-    scrub,
+    trim,
 )
 
 T = TypeVar("T")
@@ -134,7 +134,7 @@ def classify(
 ) -> ApiError:
     """The error for a non-2xx answer. `headers` must be case-insensitive (aiohttp's are); the detail is scrubbed
     of `secrets` (the request's credentials) and of credential-shaped text."""
-    detail = scrub(error_detail(body), secrets)
+    detail = trim(error_detail(body), secrets=secrets)
     retry_after = retry_after_seconds(headers.get("Retry-After"), cap=retry_after_cap)
     if status == 429:
         return RateLimitedError(
