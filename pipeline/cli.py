@@ -72,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     if not args.config:
         raise ConfigError(["--config FILE is required for this command"], "command line")
-    return load_settings(args.config)
+    settings = load_settings(args.config)
+    from pipeline.clients.http import remember_configured_secrets  # imports aiohttp: not for --help
+
+    remember_configured_secrets(settings)  # so no output shows one, even from events stored long ago
+    return settings
 
 
 def _time(text: str, name: str) -> datetime:

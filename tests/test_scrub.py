@@ -15,12 +15,13 @@ import aiohttp
 import pytest
 from rich.console import Console
 
-from pipeline.clients.http import RetryPolicy
+from pipeline.audit import Row
+from pipeline.clients.http import RetryPolicy, remember_configured_secrets
 from pipeline.clients.ongoing import OngoingClient
 from pipeline.clients.poweroffice import PowerOfficeClient
 from pipeline.clients.ratelimit import RateLimiter
-from pipeline.config import OngoingSettings, PowerOfficeSettings, Secret, TenantSettings
-from pipeline.console import print_cycle
+from pipeline.config import OngoingSettings, PowerOfficeSettings, Secret, Settings, TenantSettings
+from pipeline.console import print_cycle, print_rows
 from pipeline.errors import (
     REDACTED,
     ApiError,
@@ -243,3 +244,39 @@ def test_rule13_a_secret_with_whitespace_goes_even_after_trim_collapses_it() -> 
     remember_secrets("rule13  tab\tpass")
     assert "rule13" not in trim("echo: rule13  tab\tpass!")
     assert "word" not in trim("echo: pass  word!", secrets=["pass  word"])
+
+
+def test_rule13_configured_secrets_are_scrubbed_from_old_events_on_the_console() -> None:
+    """Loading a config remembers every secret in it and their Basic forms: an audit row stored before scrubbing
+    existed, quoting a bare password or a bare base64 pair, prints without them."""
+    settings = Settings(
+        database=Path("unused.db"),
+        interval_seconds=900,
+        poweroffice=PowerOfficeSettings(
+            api_url="https://po.example/v2",
+            token_url="https://po.example/OAuth/Token",
+            application_key=Secret("rule13-cfg-app"),
+            subscription_key=Secret("rule13-cfg-sub"),
+        ),
+        ongoing=OngoingSettings(api_url="https://wms.example/api/v1", username="wms", password=Secret("rule13-cfg-pw")),
+        tenants=(
+            TenantSettings(
+                name="acme",
+                poweroffice_client_key=Secret("rule13-cfg-client"),
+                ongoing_username="own",
+                ongoing_password=Secret("rule13-cfg-own-pw"),
+            ),
+        ),
+        source=None,
+    )
+    remember_configured_secrets(settings)
+    stored = (
+        f"refused rule13-cfg-own-pw / {b64('wms:rule13-cfg-pw')} / {b64('rule13-cfg-app:rule13-cfg-client')} "
+        f"/ {b64('own:rule13-cfg-own-pw')} / rule13-cfg-sub"
+    )
+    shown = io.StringIO()
+    row = Row(1, "2026-01-01T00:00:00Z", "acme", "article:A1", "command.failed", None, None, stored, {})
+    print_rows(Console(file=shown, width=400), [row], as_json=False)
+    assert "rule13-cfg" not in shown.getvalue()
+    for pair in ("wms:rule13-cfg-pw", "rule13-cfg-app:rule13-cfg-client", "own:rule13-cfg-own-pw"):
+        assert b64(pair) not in shown.getvalue()

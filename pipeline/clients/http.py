@@ -27,6 +27,7 @@ import orjson
 import stamina
 from multidict import CIMultiDict
 
+from pipeline.config import Settings
 from pipeline.errors import (
     ApiError,
     PermanentApiError,
@@ -108,6 +109,24 @@ def retry_after_seconds(
     if seconds != seconds:  # NaN
         return None
     return min(max(0.0, seconds), max(0.0, cap))
+
+
+def remember_configured_secrets(settings: Settings) -> None:
+    """Have `scrub` remove every secret of the configuration from now on, with the Basic-auth forms each is sent in
+    (`application_key:client_key`, `username:password`): also text the log stored before scrubbing existed."""
+    po, wms = settings.poweroffice, settings.ongoing
+    values = [po.application_key.reveal(), po.subscription_key.reveal(), wms.password.reveal()]
+    logins = [(wms.username, wms.password.reveal())]
+    for tenant in settings.tenants:
+        values.append(tenant.poweroffice_client_key.reveal())
+        logins.append((po.application_key.reveal(), tenant.poweroffice_client_key.reveal()))
+        if tenant.ongoing_password is not None:
+            values.append(tenant.ongoing_password.reveal())
+            logins.append((tenant.ongoing_username or wms.username, tenant.ongoing_password.reveal()))
+    for user, password in logins:
+        if password:
+            values.extend(credential_values(aiohttp.encode_basic_auth(user, password)))
+    remember_secrets(*values)
 
 
 def request_secrets(headers: Mapping[str, str] | None) -> list[str]:
