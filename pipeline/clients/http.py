@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 import stamina
-from multidict import CIMultiDict
 
 from pipeline.config import Settings
 from pipeline.errors import (
@@ -200,7 +199,7 @@ async def send(
     try:
         async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout), **kwargs) as resp:
             body = await resp.read()
-            headers = CIMultiDict(resp.headers)
+            headers = resp.headers.copy()  # stays case-insensitive: a `retry-after` is a `Retry-After`
             status = resp.status
     except TimeoutError as exc:
         raise TransientApiError(system, method, path, None, "timed out", tenant=tenant) from exc
