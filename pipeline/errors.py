@@ -62,8 +62,9 @@ _PAIR = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _XML = re.compile(rf"<(?P<tag>{_KEY})>[^<]*(?:</(?P=tag)>|$)", re.IGNORECASE)
-_BEARER = re.compile(r"\b(?P<scheme>bearer)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
-_BASIC = re.compile(r"\b(?P<scheme>basic)\s+(?P<value>[A-Za-z0-9+/]{6,}={0,2})(?![A-Za-z0-9+/=])", re.IGNORECASE)
+# Bare schemes as clients write them (an echo repeats what we sent); "basic" and "bearer" in prose stay.
+_BEARER = re.compile(r"\b(?P<scheme>Bearer|BEARER|bearer)\s+[A-Za-z0-9._~+/=-]{6,}")
+_BASIC = re.compile(r"\b(?P<scheme>Basic|BASIC|basic)\s+(?P<value>[A-Za-z0-9+/]{4,}={0,2})(?![A-Za-z0-9+/=])")
 
 
 class _KnownSecrets:
@@ -162,8 +163,11 @@ def _redact_pair(match: re.Match[str]) -> str:
 
 
 def _redact_basic(match: re.Match[str]) -> str:
-    value = match["value"]
-    if len(value) % 4:  # not base64: an ordinary word after "basic"
+    try:
+        pair = base64.b64decode(match["value"], validate=True)
+    except (binascii.Error, ValueError):
+        return match[0]
+    if b":" not in pair:  # a Basic credential is always user:password; anything else is a word after "basic"
         return match[0]
     return f"{match['scheme']} {REDACTED}"
 

@@ -68,6 +68,8 @@ def b64(pair: str) -> str:
         pytest.param("sent Basic dXNlcjpodW50ZXIy here", "sent Basic *** here", id="bare-basic"),
         pytest.param("The Password field is required.", "The Password field is required.", id="prose-untouched"),
         pytest.param("Basic information is missing", "Basic information is missing", id="basic-word-untouched"),
+        pytest.param("Basic shipping is free", "Basic shipping is free", id="basic-base64-shaped-word-untouched"),
+        pytest.param("a bearer bond", "a bearer bond", id="bearer-word-untouched"),
         pytest.param("token response without access_token", "token response without access_token", id="words"),
         pytest.param(
             "Rate limit is exceeded. Try again in 1 seconds.", "Rate limit is exceeded. Try again in 1 seconds."
