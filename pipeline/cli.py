@@ -14,7 +14,7 @@ from rich.console import Console
 
 from pipeline import __version__
 from pipeline.config import Settings, load_settings
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, ScrubbingFilter, scrub
 
 EXIT_OK, EXIT_FAILED, EXIT_SETUP = 0, 1, 2
 
@@ -72,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     if not args.config:
         raise ConfigError(["--config FILE is required for this command"], "command line")
-    return load_settings(args.config)
+    settings = load_settings(args.config)
+    from pipeline.clients.http import remember_configured_secrets  # imports aiohttp: not for --help
+
+    remember_configured_secrets(settings)  # so no output shows one, even from events stored long ago
+    return settings
 
 
 def _time(text: str, name: str) -> datetime:
@@ -91,17 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ScrubbingFilter())  # no secret in a log line, even one a server echoed
     if args.command is None:
         parser.print_help()
         return EXIT_SETUP
     console = Console(soft_wrap=True)
     try:
         return _dispatch(args, console)
-    except ConfigError as exc:
+    except ConfigError as exc:  # names key paths, never values: printed as it is
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {scrub(str(exc))}", file=sys.stderr)
         return EXIT_SETUP
     except KeyboardInterrupt:
         return 130

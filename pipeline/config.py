@@ -61,6 +61,7 @@ class PowerOfficeSettings:
     page_size: int = 5000
     overlap_seconds: float = 300.0
     timeout_seconds: float = 30.0
+    retry_after_cap_seconds: float = 30.0  # the longest Retry-After honoured (a longer one waits this long)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class OngoingSettings:
     parallel_goods_owners: int = 8
     page_size: int = 1000
     full_stock_sweep_hours: float = 24.0
+    retry_after_cap_seconds: float = 30.0  # the longest Retry-After honoured (a longer one waits this long)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +303,7 @@ _PO = {
     "page_size",
     "overlap_seconds",
     "timeout_seconds",
+    "retry_after_cap_seconds",
 }
 _ON = {
     "api_url",
@@ -310,6 +313,7 @@ _ON = {
     "parallel_goods_owners",
     "page_size",
     "full_stock_sweep_hours",
+    "retry_after_cap_seconds",
 }
 _TENANT = {
     "name",
@@ -350,6 +354,7 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
         page_size=c.integer("poweroffice", po_raw, "page_size", 5000, minimum=1),
         overlap_seconds=c.number("poweroffice", po_raw, "overlap_seconds", 300.0, minimum=0),
         timeout_seconds=c.number("poweroffice", po_raw, "timeout_seconds", 30.0, minimum=0.1),
+        retry_after_cap_seconds=c.number("poweroffice", po_raw, "retry_after_cap_seconds", 30.0, minimum=0),
     )
     if poweroffice.page_size > 20000:
         c.problem("poweroffice.page_size", f"PowerOffice allows at most 20000, got {poweroffice.page_size}")
@@ -364,6 +369,7 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
         parallel_goods_owners=c.integer("ongoing", on_raw, "parallel_goods_owners", 8, minimum=1),
         page_size=c.integer("ongoing", on_raw, "page_size", 1000, minimum=1),
         full_stock_sweep_hours=c.number("ongoing", on_raw, "full_stock_sweep_hours", 24.0, minimum=0.01),
+        retry_after_cap_seconds=c.number("ongoing", on_raw, "retry_after_cap_seconds", 30.0, minimum=0),
     )
 
     tenants: list[TenantSettings] = []

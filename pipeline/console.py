@@ -1,4 +1,9 @@
-"""What the commands print: cycle summaries, replay previews, audit rows. Output only; no decisions here."""
+"""What the commands print: cycle summaries, replay previews, audit rows. Output only; no decisions here.
+
+Remote text is data: anything that came from a server or the log (error details, entity names, payloads, SQL
+results) is printed as plain `Text`, never parsed as rich markup, and is scrubbed of secrets once more on its
+way out (`pipeline.errors.scrub`). Only this module's own fixed strings use markup.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ from typing import Any
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.audit import Row
+from pipeline.errors import scrub
 from pipeline.replay import ReplayReport
 from pipeline.runtime import CycleReport
 
@@ -20,12 +27,12 @@ def cycle_table(report: CycleReport, title: str = "sync") -> Table:
         table.add_column(column, justify="left" if column == "tenant" else "right")
     for t in report.tenants.values():
         table.add_row(
-            t.name,
+            Text(t.name),
             str(t.observed),
             str(t.commands),
             str(t.delivered),
             str(t.skipped),
-            f"[red]{t.failed}[/red]" if t.failed else "0",
+            Text(str(t.failed), style="red") if t.failed else "0",
             str(t.waiting),
         )
     return table
@@ -35,18 +42,18 @@ def print_cycle(console: Console, report: CycleReport, title: str = "sync") -> N
     console.print(cycle_table(report, title))
     for t in report.tenants.values():
         for error in t.errors:
-            console.print(f"[red]{t.name}[/red]: {error}", markup=True, highlight=False)
+            console.print(Text.assemble((t.name, "red"), ": ", remote(error)), highlight=False)
 
 
 def print_replay(console: Console, report: ReplayReport, *, limit: int = 200) -> None:
     mode = "preview (nothing sent)" if report.dry_run else "applied"
-    console.print(f"replay {report.window_from.isoformat()} .. {report.window_to.isoformat()}: {mode}")
-    console.print(", ".join(f"{k} {v}" for k, v in report.counts().items()))
+    console.print(f"replay {report.window_from.isoformat()} .. {report.window_to.isoformat()}: {mode}", markup=False)
+    console.print(", ".join(f"{k} {v}" for k, v in report.counts().items()), markup=False)
     for change in report.changes[:limit]:
         label = "new" if change.new else "changed"
-        console.print(f"  {change.tenant} {change.entity} ({label}, from #{change.source})", highlight=False)
+        console.print(remote(f"  {change.tenant} {change.entity} ({label}, from #{change.source})"), highlight=False)
         for path, before, after in change.fields[:30]:
-            console.print(f"      {path}: {_show(before)} -> {_show(after)}", highlight=False, markup=False)
+            console.print(remote(f"      {path}: {_show(before)} -> {_show(after)}"), highlight=False)
     if len(report.changes) > limit:
         console.print(f"  ... and {len(report.changes) - limit} more")
 
@@ -61,9 +68,8 @@ def print_rows(console: Console, rows: Sequence[Row], *, as_json: bool) -> None:
     for r in rows:
         cause = f" <- #{r.causation}" if r.causation else ""
         console.print(
-            f"#{r.position:<7} {r.recorded_at[:19]} {r.tenant:<10} {r.entity:<48} {r.summary}{cause}",
+            remote(f"#{r.position:<7} {r.recorded_at[:19]} {r.tenant:<10} {r.entity:<48} {r.summary}{cause}"),
             highlight=False,
-            markup=False,
         )
 
 
@@ -73,10 +79,15 @@ def print_table(console: Console, header: Sequence[str], rows: Sequence[Sequence
         return
     table = Table()
     for h in header:
-        table.add_column(h)
+        table.add_column(Text(h))
     for r in rows:
-        table.add_row(*(str(v) for v in r))
+        table.add_row(*(remote(str(v)) for v in r))
     console.print(table)
+
+
+def remote(text: str) -> Text:
+    """Text from outside (a server, the log) made safe to print: scrubbed, never read as markup."""
+    return Text(scrub(text))
 
 
 def _show(value: Any) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.clients.http import Attempts, RetryPolicy
 from pipeline.clients.poweroffice import PowerOfficeClient, TenantPowerOffice, number_ranges
-from pipeline.clients.ratelimit import RateLimiter, max_in_window
+from pipeline.clients.ratelimit import Grant, RateLimiter, max_in_window
 from pipeline.config import PowerOfficeSettings, Secret, TenantSettings
 from pipeline.errors import AuthError, PermanentApiError, TransientApiError
 from pipeline.fakes.faults import Fault
@@ -57,9 +57,10 @@ class RecordingLimiter(RateLimiter):
         self.grants: list[tuple[float, str]] = []
         self.pauses: list[tuple[float, float]] = []
 
-    async def acquire(self, tenant: str) -> None:
-        await super().acquire(tenant)
+    async def acquire(self, tenant: str) -> Grant:
+        grant = await super().acquire(tenant)
         self.grants.append((time.monotonic(), tenant))
+        return grant
 
     def pause(self, seconds: float) -> None:
         self.pauses.append((time.monotonic(), seconds))

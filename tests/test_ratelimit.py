@@ -1,14 +1,16 @@
-"""RateLimiter: sliding-window limit, round-robin fairness, pauses, cancellation; all on virtual time."""
+"""RateLimiter: answer-anchored window, round-robin fairness, pauses, AIMD, cancellation; all on virtual time."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from pipeline.clients.ratelimit import LimiterRegistry, RateLimiter, max_in_window
+from pipeline.clients.ratelimit import Grant, LimiterRegistry, RateLimiter, max_in_window
 
 
 class VirtualTime:
@@ -61,12 +63,19 @@ def limiter_on(time: VirtualTime | ManualTime, rps: float) -> RateLimiter:
     return RateLimiter(rps, clock=time.clock, sleep=time.sleep, window_margin=0)
 
 
+async def instant(limiter: RateLimiter, tenant: str) -> Grant:
+    """A request whose answer arrives the moment it starts."""
+    grant = await limiter.acquire(tenant)
+    limiter.release(grant)
+    return grant
+
+
 async def grant_times(limiter: RateLimiter, time: VirtualTime, tenants: list[str]) -> list[tuple[str, float]]:
     """Start one acquire per entry of `tenants` (in that order) and record (tenant, grant time)."""
     grants: list[tuple[str, float]] = []
 
     async def one(tenant: str) -> None:
-        await limiter.acquire(tenant)
+        await instant(limiter, tenant)
         grants.append((tenant, time.now))
 
     async with anyio.create_task_group() as group:
@@ -92,15 +101,15 @@ async def test_window_slides_rather_than_refilling_like_a_bucket() -> None:
     time = VirtualTime()
     limiter = limiter_on(time, 10)
     for _ in range(5):
-        await limiter.acquire("a")
+        await instant(limiter, "a")
     time.now = 0.9
     for _ in range(5):
-        await limiter.acquire("a")
-    await limiter.acquire("a")
+        await instant(limiter, "a")
+    await instant(limiter, "a")
     assert time.now == pytest.approx(1.0)
     for _ in range(4):
-        await limiter.acquire("a")
-    await limiter.acquire("a")  # the 16th: the five from 0.9 are in every window until 1.9
+        await instant(limiter, "a")
+    await instant(limiter, "a")  # the 16th: the five from 0.9 are in every window until 1.9
     assert time.now == pytest.approx(1.9)
 
 
@@ -125,10 +134,10 @@ async def test_pause_holds_every_tenant() -> None:
     """pause() after a 429 delays the next start on the key, whichever tenant asks."""
     time = VirtualTime()
     limiter = limiter_on(time, 10)
-    await limiter.acquire("a")
+    await instant(limiter, "a")
     limiter.pause(2.5)
     limiter.pause(1.0)  # a shorter pause never cuts a running one short
-    await limiter.acquire("b")
+    await instant(limiter, "b")
     assert time.now == pytest.approx(2.5)
 
 
@@ -155,12 +164,12 @@ async def test_cancelled_dispatcher_hands_over() -> None:
     """Cancelling the waiter that dispatches passes the role on: the other tenant still gets its slot."""
     time = ManualTime()
     limiter = limiter_on(time, 1)
-    await limiter.acquire("a")  # uses the only slot of the first second
+    await instant(limiter, "a")  # uses the only slot of the first second
     done: list[str] = []
 
     async def wait_for(tenant: str, scope: anyio.CancelScope | None = None) -> None:
         with scope or anyio.CancelScope():
-            await limiter.acquire(tenant)
+            await instant(limiter, tenant)
             done.append(tenant)
 
     async with anyio.create_task_group() as group:
@@ -200,3 +209,181 @@ def test_max_in_window_counts_half_open_windows() -> None:
     assert max_in_window([]) == 0
     assert max_in_window([0.0] * 10 + [1.0] * 10) == 10
     assert max_in_window([0.0, 0.5, 0.99, 1.2]) == 3
+
+
+class SimTime:
+    """Discrete-event time: `sleep` waits for the clock, `run` moves it to the next deadline once every task has
+    settled. Requests can take time (network, server) while the limiter waits, all without real sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._seq = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        event = anyio.Event()
+        self._seq += 1
+        self._sleepers.append((self.now + max(0.0, seconds), self._seq, event))
+        await event.wait()
+
+    async def run(self, *jobs: Callable[[], Awaitable[None]]) -> None:
+        done = 0
+
+        async def job(fn: Callable[[], Awaitable[None]]) -> None:
+            nonlocal done
+            await fn()
+            done += 1
+
+        async with anyio.create_task_group() as group:
+            for fn in jobs:
+                group.start_soon(job, fn)
+            while done < len(jobs):
+                # Let every runnable task run to its next wait (a wake-up chain here is a few hops long; the
+                # asyncio backend of anyio.wait_all_tasks_blocked would poll with real 0.1 s sleeps instead).
+                for _ in range(50):
+                    await anyio.lowlevel.checkpoint()
+                if done == len(jobs):
+                    break
+                assert self._sleepers, "deadlock: every task waits and nothing sleeps"
+                self._sleepers.sort()
+                deadline, _, event = self._sleepers.pop(0)
+                self.now = max(self.now, deadline)
+                event.set()
+
+
+def jittered_traffic(
+    limiter: RateLimiter, time: SimTime, rng: random.Random, *, anchor_on_start: bool
+) -> tuple[list[Callable[[], Awaitable[None]]], list[float]]:
+    """3 tenants x 4 workers x 10 requests; each request reaches the server 0-250 ms after it starts and its
+    answer comes back 0-250 ms later. Returns the jobs and the list the server's arrival times go into."""
+    arrivals: list[float] = []
+
+    async def request(tenant: str) -> None:
+        grant = await limiter.acquire(tenant)
+        if anchor_on_start:  # what a start-anchored window did: the place frees a window after the start
+            limiter.release(grant)
+        await time.sleep(rng.uniform(0.0, 0.25))
+        arrivals.append(time.now)
+        await time.sleep(rng.uniform(0.0, 0.25))
+        limiter.release(grant)
+
+    def worker(tenant: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            for _ in range(10):
+                await request(tenant)
+
+        return run
+
+    return [worker(t) for t in ("big", "mid", "small") for _ in range(4)], arrivals
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_jittered_arrivals_never_exceed_the_limit(seed: int) -> None:
+    """With 0-250 ms between our start and the server's arrival, the server never counts more than 10 in a second,
+    because a place frees only a window after the answer. The same traffic on a start-anchored window does
+    exceed it (so the scenario can tell), and the answer-anchored one still keeps most of the throughput."""
+    time = SimTime()
+    limiter = RateLimiter(10, clock=time.clock, sleep=time.sleep, window_margin=0)
+    jobs, arrivals = jittered_traffic(limiter, time, random.Random(seed), anchor_on_start=False)
+    await time.run(*jobs)
+    assert len(arrivals) == 120
+    assert max_in_window(arrivals) <= 10
+    assert time.now <= 120 / 10 * 1.5  # each place is held one window plus at most 0.5 s of latency
+
+    start_time = SimTime()
+    naive = RateLimiter(10, clock=start_time.clock, sleep=start_time.sleep, window_margin=0)
+    jobs, naive_arrivals = jittered_traffic(naive, start_time, random.Random(seed), anchor_on_start=True)
+    await start_time.run(*jobs)
+    assert max_in_window(naive_arrivals) > 10
+
+
+@pytest.mark.anyio
+async def test_a_request_in_flight_holds_its_place_until_a_window_after_its_answer() -> None:
+    """At 2 rps, two requests still in flight after 5 s keep a third waiting; the first answer at 5 s lets it
+    start at 6 s, one window later."""
+    time = SimTime()
+    limiter = RateLimiter(2, clock=time.clock, sleep=time.sleep, window_margin=0)
+    started: list[float] = []
+
+    async def slow() -> None:
+        grant = await limiter.acquire("a")
+        started.append(time.now)
+        await time.sleep(5.0)
+        limiter.release(grant)
+
+    async def slower() -> None:
+        grant = await limiter.acquire("a")
+        started.append(time.now)
+        await time.sleep(9.0)
+        limiter.release(grant)
+
+    async def third() -> None:
+        await time.sleep(0.1)
+        grant = await limiter.acquire("b")
+        started.append(time.now)
+        limiter.release(grant)
+
+    await time.run(slow, slower, third)
+    assert started == [0.0, 0.0, 6.0]
+
+
+@pytest.mark.anyio
+async def test_429_halves_the_pace_then_it_grows_back_one_per_window() -> None:
+    """AIMD: after a 429 at 10 rps the key pauses, then allows 5, 6, 7, 8, 9 and again 10 starts per window."""
+    time = VirtualTime()
+    limiter = limiter_on(time, 10)
+    first = [await instant(limiter, "a") for _ in range(10)]
+    limiter.throttled(first[0], 1.0)
+    assert limiter.pace() == 5
+    grants = await grant_times(limiter, time, ["a", "b"] * 30)
+    per_window = Counter(t for _, t in grants)
+    assert [per_window[float(s)] for s in range(1, 8)] == [5, 6, 7, 8, 9, 10, 10]
+    assert limiter.pace() == 10
+    assert limiter.throttles == 1
+
+
+@pytest.mark.anyio
+async def test_429s_of_requests_started_before_the_cut_cut_nothing_more() -> None:
+    """The other 429s of one overload (requests already in flight at the cut) pause, but halve the pace once."""
+    time = VirtualTime()
+    limiter = limiter_on(time, 10)
+    first = [await instant(limiter, "a") for _ in range(10)]
+    for grant in first:
+        limiter.throttled(grant, 1.0)
+    assert limiter.pace() == 5
+    time.now = 1.0
+    after = await instant(limiter, "a")  # started after the cut: its 429 answers the new pace
+    limiter.throttled(after, 1.0)
+    assert limiter.pace() == 2
+    assert limiter.throttles == 11
+
+
+@pytest.mark.anyio
+async def test_pace_never_drops_below_one_request_per_window() -> None:
+    """Repeated 429s slow a key down to one request per window, never to a standstill."""
+    time = VirtualTime()
+    limiter = limiter_on(time, 10)
+    for _ in range(6):
+        time.now += 0.01  # each 429 answers a request started after the previous cut
+        limiter.throttled(Grant("a", time.now), 0.0)
+    assert limiter.pace() == 1
+    grants = await grant_times(limiter, time, ["a"] * 2)
+    assert len(grants) == 2
+
+
+@pytest.mark.anyio
+async def test_release_is_idempotent_and_keeps_the_first_answer_time() -> None:
+    """Releasing twice (a finally after an except) does not move the answer time, so the place frees on time."""
+    time = VirtualTime()
+    limiter = limiter_on(time, 1)
+    grant = await limiter.acquire("a")
+    limiter.release(grant)
+    time.now = 0.5
+    limiter.release(grant)
+    assert grant.answered == 0.0
+    await instant(limiter, "a")
+    assert time.now == pytest.approx(1.0)

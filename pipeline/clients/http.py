@@ -6,11 +6,17 @@ Both clients call `send()` for every request. It returns the status and body of 
 
 `retrying()` wraps a call in bounded retries (attempts and total time, exponential backoff with jitter, Retry-After
 honoured) using stamina; `stamina.set_testing(True)` removes the waits in tests.
+
+Remote text is data. An error's detail is scrubbed here, before any error exists: of the credentials this very
+request carried (its `Authorization` header in every form, subscription and API key headers; they are also
+remembered, so that `pipeline.errors.scrub` removes them from any later text) and of anything shaped like a
+credential. Response headers are kept case-insensitive (`retry-after` is `Retry-After`), and a `Retry-After`
+is capped (`retry_after_cap`): a server asking for an hour never stalls a whole sync.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -20,9 +26,23 @@ import aiohttp
 import orjson
 import stamina
 
-from pipeline.errors import ApiError, PermanentApiError, RateLimitedError, TransientApiError
+from pipeline.config import Settings
+from pipeline.errors import (
+    ApiError,
+    PermanentApiError,
+    RateLimitedError,
+    TransientApiError,
+    credential_values,
+    remember_secrets,
+    trim,
+)
 
 T = TypeVar("T")
+
+# The longest Retry-After honoured unless the caller says otherwise (the config's `retry_after_cap_seconds`).
+RETRY_AFTER_CAP = 30.0
+# Request headers whose values are credentials (besides any whose name says key, secret, token or password).
+_CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "cookie", "ocp-apim-subscription-key"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,22 +88,54 @@ def error_detail(body: bytes) -> str:
     return body.decode("utf-8", "replace")
 
 
-def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """Parse a Retry-After header: delta-seconds or an HTTP date. None when absent or unreadable."""
+def retry_after_seconds(
+    value: str | None, now: datetime | None = None, *, cap: float = RETRY_AFTER_CAP
+) -> float | None:
+    """Parse a Retry-After header: delta-seconds or an HTTP date, at most `cap`. None when absent or unreadable."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds:  # NaN
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return min(max(0.0, seconds), max(0.0, cap))
+
+
+def remember_configured_secrets(settings: Settings) -> None:
+    """Have `scrub` remove every secret of the configuration from now on, with the Basic-auth forms each is sent in
+    (`application_key:client_key`, `username:password`): also text the log stored before scrubbing existed."""
+    po, wms = settings.poweroffice, settings.ongoing
+    values = [po.application_key.reveal(), po.subscription_key.reveal(), wms.password.reveal()]
+    logins = [(wms.username, wms.password.reveal())]
+    for tenant in settings.tenants:
+        values.append(tenant.poweroffice_client_key.reveal())
+        logins.append((po.application_key.reveal(), tenant.poweroffice_client_key.reveal()))
+        if tenant.ongoing_password is not None:
+            values.append(tenant.ongoing_password.reveal())
+            logins.append((tenant.ongoing_username or wms.username, tenant.ongoing_password.reveal()))
+    for user, password in logins:
+        if password:
+            values.extend(credential_values(aiohttp.encode_basic_auth(user, password)))
+    remember_secrets(*values)
+
+
+def request_secrets(headers: Mapping[str, str] | None) -> list[str]:
+    """The credential values among a request's headers (with the parts of an `Authorization` value)."""
+    out: list[str] = []
+    for name, value in (headers or {}).items():
+        lowered = name.lower()
+        if lowered in _CREDENTIAL_HEADERS or any(w in lowered for w in ("key", "secret", "token", "password")):
+            out.extend(credential_values(str(value)))
+    return [v for v in out if v]
 
 
 def classify(
@@ -94,9 +146,14 @@ def classify(
     headers: Mapping[str, str],
     body: bytes,
     tenant: str | None,
+    *,
+    secrets: Sequence[str] = (),
+    retry_after_cap: float = RETRY_AFTER_CAP,
 ) -> ApiError:
-    """The error for a non-2xx answer."""
-    detail = error_detail(body)
+    """The error for a non-2xx answer. `headers` must be case-insensitive (aiohttp's are); the detail is scrubbed
+    of `secrets` (the request's credentials) and of credential-shaped text."""
+    detail = trim(error_detail(body), secrets=secrets)
+    retry_after = retry_after_seconds(headers.get("Retry-After"), cap=retry_after_cap)
     if status == 429:
         return RateLimitedError(
             system,
@@ -105,7 +162,7 @@ def classify(
             status,
             detail,
             tenant=tenant,
-            retry_after=retry_after_seconds(headers.get("Retry-After")),
+            retry_after=retry_after,
         )
     if status >= 500 or status in (408,):
         return TransientApiError(
@@ -115,7 +172,7 @@ def classify(
             status,
             detail,
             tenant=tenant,
-            retry_after=retry_after_seconds(headers.get("Retry-After")),
+            retry_after=retry_after,
         )
     return PermanentApiError(system, method, path, status, detail, tenant=tenant)
 
@@ -129,16 +186,20 @@ async def send(
     *,
     tenant: str | None = None,
     timeout: float = 30.0,
+    retry_after_cap: float = RETRY_AFTER_CAP,
     **kwargs: Any,
 ) -> Response:
     """One HTTP request; 2xx → Response, anything else → the project's error.
 
-    `path` is what errors show (no host, no query string with keys in it).
+    `path` is what errors show (no host, no query string with keys in it). A Retry-After longer than
+    `retry_after_cap` seconds is taken as `retry_after_cap`.
     """
+    secrets = request_secrets(kwargs.get("headers"))
+    remember_secrets(*secrets, pinned=False)
     try:
         async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout), **kwargs) as resp:
             body = await resp.read()
-            headers = {k: v for k, v in resp.headers.items()}
+            headers = resp.headers.copy()  # stays case-insensitive: a `retry-after` is a `Retry-After`
             status = resp.status
     except TimeoutError as exc:
         raise TransientApiError(system, method, path, None, "timed out", tenant=tenant) from exc
@@ -147,7 +208,9 @@ async def send(
             system, method, path, None, f"connection failed: {type(exc).__name__}", tenant=tenant
         ) from exc
     if status >= 400:
-        raise classify(system, method, path, status, headers, body, tenant)
+        raise classify(
+            system, method, path, status, headers, body, tenant, secrets=secrets, retry_after_cap=retry_after_cap
+        )
     return Response(status, headers, body)
 
 

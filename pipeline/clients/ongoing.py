@@ -34,7 +34,7 @@ import orjson
 
 from pipeline.clients.http import Attempts, Response, RetryPolicy, retrying, send
 from pipeline.config import OngoingSettings, TenantSettings
-from pipeline.errors import AuthError, PermanentApiError, TransientApiError
+from pipeline.errors import AuthError, PermanentApiError, TransientApiError, remember_secrets
 
 SYSTEM = "ongoing"
 T = TypeVar("T")
@@ -183,6 +183,7 @@ class OngoingClient:
         self.policy = policy
         self.clock = clock
         self.base_url = settings.api_url.rstrip("/")
+        remember_secrets(settings.password.reveal())  # scrubbed from every error text from now on
         self._write_locks: dict[int, anyio.Lock] = {}
 
     def for_tenant(self, tenant: TenantSettings) -> TenantOngoing:
@@ -204,6 +205,7 @@ class TenantOngoing:
             self._username, self._password = tenant.ongoing_username, tenant.ongoing_password
         else:
             self._username, self._password = client.settings.username, client.settings.password
+        remember_secrets(self._password.reveal())
 
     # -- writes ------------------------------------------------------------------------------------------------
 
@@ -343,6 +345,7 @@ class TenantOngoing:
                 path,
                 tenant=self.tenant.name,
                 timeout=client.settings.timeout_seconds,
+                retry_after_cap=client.settings.retry_after_cap_seconds,
                 **kwargs,
             )
             return parse(response)

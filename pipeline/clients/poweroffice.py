@@ -36,7 +36,7 @@ import orjson
 from pipeline.clients.http import Attempts, Response, RetryPolicy, retrying, send
 from pipeline.clients.ratelimit import RateLimiter
 from pipeline.config import PowerOfficeSettings, TenantSettings
-from pipeline.errors import AuthError, PermanentApiError, RateLimitedError
+from pipeline.errors import AuthError, PermanentApiError, RateLimitedError, remember_secrets
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ class PowerOfficeClient:
         self._token_path = urlsplit(settings.token_url).path or "/"
         self._tokens: dict[str, _Token] = {}
         self._token_locks: dict[str, anyio.Lock] = {}
+        # Scrubbed from every error text from now on, should a server echo them.
+        remember_secrets(settings.application_key.reveal(), settings.subscription_key.reveal())
 
     def __repr__(self) -> str:
         return f"PowerOfficeClient({self.api_url!r})"
@@ -219,6 +221,7 @@ class TenantPowerOffice:
         self.requests = 0
         # Identifies the client key in the token cache without holding it in clear.
         self.key_id = hashlib.sha256(tenant.poweroffice_client_key.reveal().encode()).hexdigest()
+        remember_secrets(tenant.poweroffice_client_key.reveal())
 
     def __repr__(self) -> str:
         return f"TenantPowerOffice({self.tenant.name!r})"
@@ -226,9 +229,9 @@ class TenantPowerOffice:
     # ------------------------------------------------------------------------------------------- the edge
 
     async def _send(self, method: str, url: str, path: str, **kwargs: Any) -> Response:
-        """One HTTP request after the key's limiter lets it start; a 429 pauses the whole key."""
+        """One HTTP request after the key's limiter lets it start; a 429 pauses the whole key and slows it."""
         client = self.client
-        await client.limiter.acquire(self.tenant.name)
+        grant = await client.limiter.acquire(self.tenant.name)
         self.requests += 1
         try:
             return await send(
@@ -239,11 +242,14 @@ class TenantPowerOffice:
                 path,
                 tenant=self.tenant.name,
                 timeout=client.settings.timeout_seconds,
+                retry_after_cap=client.settings.retry_after_cap_seconds,
                 **kwargs,
             )
         except RateLimitedError as exc:
-            client.limiter.pause(max(exc.retry_after or 0.0, client.policy.rate_limit_wait))
+            client.limiter.throttled(grant, max(exc.retry_after or 0.0, client.policy.rate_limit_wait))
             raise
+        finally:
+            client.limiter.release(grant)  # the answer is here: the request's place frees a window from now
 
     async def _call(
         self,
