@@ -36,6 +36,13 @@ def print_cycle(console: Console, report: CycleReport, title: str = "sync") -> N
     for t in report.tenants.values():
         for error in t.errors:
             console.print(f"[red]{t.name}[/red]: {error}", markup=True, highlight=False)
+        if t.quarantined or t.unmapped:
+            console.print(
+                f"[red]{t.name}[/red]: {t.quarantined} quarantined, {t.unmapped} unmapped"
+                " (standing, whenever they began: `pipeline audit failures` lists them)",
+                markup=True,
+                highlight=False,
+            )
 
 
 def print_replay(console: Console, report: ReplayReport, *, limit: int = 200) -> None:

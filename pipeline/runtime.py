@@ -31,6 +31,7 @@ from pipeline.errors import ApiError, AuthError, StoreError
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.pollers.ongoing_stock import poll_stock
 from pipeline.pollers.poweroffice import poll_invoices, poll_products
+from pipeline.problems import standing_problems
 from pipeline.projectors.commands import project
 from pipeline.senders import Sender, SendSummary
 
@@ -54,6 +55,10 @@ class TenantReport:
     waiting: int = 0
     errors: list[str] = field(default_factory=list)
     setup_error: bool = False
+    # Standing at the end of the cycle, whenever they began (`pipeline.problems`): entities held by a permanent
+    # failure, and entities whose latest observation cannot be mapped.
+    quarantined: int = 0
+    unmapped: int = 0
 
 
 @dataclass
@@ -63,10 +68,11 @@ class CycleReport:
 
     @property
     def exit_code(self) -> int:
-        """0 all delivered · 1 some entity failed · 2 a tenant could not be reached or authenticated."""
+        """0 all delivered · 1 some entity failed, or one stays quarantined or unmapped · 2 a tenant could not be
+        reached or authenticated."""
         if any(t.setup_error for t in self.tenants.values()):
             return 2
-        if any(t.failed or t.errors for t in self.tenants.values()):
+        if any(t.failed or t.errors or t.quarantined or t.unmapped for t in self.tenants.values()):
             return 1
         return 0
 
@@ -144,6 +150,10 @@ class Runtime:
                 r.skipped += counts.skipped
                 r.failed += counts.failed
                 r.waiting = counts.waiting
+        for tenant in self.settings.tenants:
+            standing = await standing_problems(self.log, tenant.name)
+            reports[tenant.name].quarantined = len(standing.quarantined)
+            reports[tenant.name].unmapped = len(standing.mapping_failures)
         return CycleReport(started, reports)
 
     async def send(self) -> SendSummary:

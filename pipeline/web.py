@@ -38,6 +38,10 @@ class Metrics:
         self.skipped = Counter("pipeline_skipped", "Commands deliberately not sent", ["tenant"], registry=r)
         self.failed = Counter("pipeline_failed", "Entities that failed (mapping or delivery)", ["tenant"], registry=r)
         self.waiting = Gauge("pipeline_waiting", "Commands waiting (quarantine or articles)", ["tenant"], registry=r)
+        self.quarantined = Gauge("pipeline_quarantined", "Entities held by a permanent failure", ["tenant"], registry=r)
+        self.unmapped = Gauge(
+            "pipeline_unmapped", "Entities whose latest record cannot be mapped", ["tenant"], registry=r
+        )
         self.last_cycle = Gauge("pipeline_last_cycle_timestamp_seconds", "End of the last cycle", registry=r)
 
 
@@ -64,6 +68,8 @@ class Status:
             m.skipped.labels(t.name).inc(t.skipped)
             m.failed.labels(t.name).inc(t.failed)
             m.waiting.labels(t.name).set(t.waiting)
+            m.quarantined.labels(t.name).set(t.quarantined)
+            m.unmapped.labels(t.name).set(t.unmapped)
 
     def health(self) -> tuple[bool, str]:
         if self.last is None or self.last_end is None:
