@@ -90,6 +90,8 @@ class TenantSettings:
     order_trigger: OrderTrigger = "paid"
     # Which Ongoing figure is written back to PowerOffice's StockOnHand.
     stock_figure: StockFigure = "numberOfItems"
+    # Write stock back even before the warehouse first held the article (it would zero PowerOffice's figure).
+    stock_back_before_first_receipt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +322,7 @@ _TENANT = {
     "skip_services",
     "order_trigger",
     "stock_figure",
+    "stock_back_before_first_receipt",
 }
 
 
@@ -409,6 +412,7 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
                 skip_services=c.boolean(p, t, "skip_services", False),
                 order_trigger=c.choice(p, t, "order_trigger", ORDER_TRIGGERS),  # type: ignore[arg-type]
                 stock_figure=c.choice(p, t, "stock_figure", STOCK_FIGURES),  # type: ignore[arg-type]
+                stock_back_before_first_receipt=c.boolean(p, t, "stock_back_before_first_receipt", False),
             )
         )
 

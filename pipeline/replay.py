@@ -33,7 +33,15 @@ from pipeline.events import (
     to_dict,
 )
 from pipeline.mapping import MAPPING_VERSION
-from pipeline.projectors.commands import COMMANDS, Projection, command_dedupe_key, fingerprint, project_event
+from pipeline.projectors.commands import (
+    COMMANDS,
+    Command,
+    Failed,
+    Projection,
+    command_dedupe_key,
+    fingerprint,
+    project_event,
+)
 
 Kind = Literal["products", "orders", "stock"]
 KIND_TYPES: dict[str, str] = {
@@ -121,14 +129,15 @@ async def replay(
             if newest.get(stored.entity) != stored.position:
                 report.superseded += 1
                 continue
+            await state.learn(log, stored)
             done = project_event(state, stored)
-            if done.failure is not None:
+            if isinstance(done, Failed):
                 report.failed += 1
                 continue
-            if done.command is None or done.entity is None:
+            if not isinstance(done, Command):
                 report.skipped += 1
                 continue
-            command = done.command
+            command = done.event
             if resend_orders and isinstance(command, OrderUpsertRequested):
                 command = replace(command, force=True)
             previous = latest.get(done.entity)
