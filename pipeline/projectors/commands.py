@@ -125,6 +125,12 @@ class Projection:
         for stored in products.values():
             assert isinstance(stored.event, ProductObserved)
             p.remember_product(stored.event.product, stored.event.group, entity=stored.entity, position=stored.position)
+        # Stock already written back means the warehouse held the article: no need to read its history again.
+        for entity in p.last_command:
+            if entity.startswith("stockback:"):
+                claim = p.claims.get("product:" + entity.removeprefix("stockback:"))
+                if claim is not None and claim.code is not None:
+                    p.stock_held.add(claim.code)
         return p
 
     def remember_command(self, entity: str, event: Event) -> None:
@@ -459,6 +465,8 @@ async def _project_batch(
             state.remember_product(ev.product, ev.group, entity=stored.entity, position=stored.position)
         await state.learn(log_, stored)
         done = project_event(state, stored)
+        if isinstance(stored.event, StockObserved) and warehouse_has_held(stored.event.inventory):
+            state.stock_held.add(stored.event.article_number)
         for warning in done.warnings if not isinstance(done, Skipped) else ():
             log.warning("%s %s: %s", name, stored.entity, warning)
         if isinstance(done, Failed):
@@ -471,8 +479,6 @@ async def _project_batch(
             log.debug("%s %s: no command: %s", name, stored.entity, done.reason)
             out.extend(_outcome_events(name, stored, done))
             continue
-        if isinstance(done.event, StockPatchRequested) and isinstance(stored.event, StockObserved):
-            state.stock_held.add(stored.event.article_number)
         fp = fingerprint(done.event)
         if state.last_command.get(done.entity) == fp:
             result.unchanged += 1
