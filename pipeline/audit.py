@@ -16,13 +16,13 @@ from typing import Any
 from pipeline.eventlog.base import EventLog, StoredEvent
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import (
-    OBSERVED_TYPES,
     OUTCOME_TYPES,
     CommandFailed,
     EntityRedriven,
     MappingFailed,
     to_dict,
 )
+from pipeline.problems import standing_problems
 
 
 @dataclass(frozen=True)
@@ -131,18 +131,16 @@ async def lineage(log: EventLog, position: int) -> list[Row]:
 
 
 async def failures(log: EventLog, tenant: str | None = None) -> list[Row]:
-    """Entities whose latest outcome is a failure (and not re-driven since), plus current mapping failures."""
+    """Quarantined entities, entities whose latest outcome is a transient failure (not re-driven since), and
+    standing mapping failures (`pipeline.problems`), of one tenant or all."""
     latest = await log.latest([*OUTCOME_TYPES, EntityRedriven.TYPE], tenant=tenant)
-    out = [e for e in latest.values() if isinstance(e.event, CommandFailed)]
-    mapping = await log.latest([MappingFailed.TYPE], tenant=tenant)
-    observed = await log.latest(OBSERVED_TYPES, tenant=tenant)
-    # A mapping failure stands until a newer observation of the same record arrives.
-    failed_sources = [
-        e
-        for key, e in mapping.items()
-        if isinstance(e.event, MappingFailed) and key in observed and observed[key].position == e.event.source
-    ]
-    return [to_row(e) for e in sorted(out + failed_sources, key=lambda e: e.position)]
+    found = {e.position: e for e in latest.values() if isinstance(e.event, CommandFailed) and not e.event.permanent}
+    with_failures = await log.latest([CommandFailed.TYPE, MappingFailed.TYPE], tenant=tenant)
+    tenants = sorted({t for t, _ in with_failures})
+    for name in tenants:
+        problems = await standing_problems(log, name)
+        found.update((e.position, e) for e in problems.quarantined + problems.mapping_failures)
+    return [to_row(e) for e in sorted(found.values(), key=lambda e: e.position)]
 
 
 async def stats(log: SqliteEventLog) -> list[tuple[Any, ...]]:

@@ -150,8 +150,7 @@ async def replay(
             resend_orders=resend_orders,
         )
     out.print_replay(console, report)
-    if report.appended:
-        console.print(f"{report.appended} command(s) appended: the next `pipeline sync` (or `run` cycle) sends them")
+    console.print(report.next_cycle(), markup=False, highlight=False)
     return 0
 
 

@@ -95,6 +95,8 @@ class TenantSettings:
     stock_figure: StockFigure = "numberOfItems"
     # Seconds between this tenant's cycles (and its cycle's deadline); None: the global `interval_seconds`.
     interval_seconds: float | None = None
+    # Write stock back even before the warehouse first held the article (it would zero PowerOffice's figure).
+    stock_back_before_first_receipt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +330,7 @@ _TENANT = {
     "order_trigger",
     "stock_figure",
     "interval_seconds",
+    "stock_back_before_first_receipt",
 }
 
 
@@ -422,6 +425,7 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
                 interval_seconds=c.number(p, t, "interval_seconds", interval, minimum=1)
                 if "interval_seconds" in t
                 else None,
+                stock_back_before_first_receipt=c.boolean(p, t, "stock_back_before_first_receipt", False),
             )
         )
 

@@ -43,6 +43,15 @@ def print_cycle(console: Console, report: CycleReport, title: str = "sync") -> N
     for t in report.tenants.values():
         for error in t.errors:
             console.print(Text.assemble((t.name, "red"), ": ", remote(error)), highlight=False)
+        if t.quarantined or t.unmapped:
+            console.print(
+                Text.assemble(
+                    (t.name, "red"),
+                    f": {t.quarantined} quarantined, {t.unmapped} unmapped"
+                    " (standing, whenever they began: `pipeline audit failures` lists them)",
+                ),
+                highlight=False,
+            )
 
 
 def print_replay(console: Console, report: ReplayReport, *, limit: int = 200) -> None:

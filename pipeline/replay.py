@@ -9,8 +9,10 @@ the older one would send stale data.) Each resulting command is compared with th
 - different → listed with a per-field diff; without `dry_run` it is appended (with the current mapping version
   and the observation as causation) for the senders to deliver.
 
-Orders already delivered are sent again only with `resend_orders` (the sender refuses otherwise, and never
-touches an order the warehouse has started on). Every replay, dry or not, is recorded as a `replay.recorded`
+Orders already delivered are sent again only with `resend_orders`, and only those whose mapped body differs from
+the body last delivered: those get a `force`d command (the sender refuses a delivered order otherwise, and never
+touches one the warehouse has started on). An order that maps to what was delivered is never forced, so replay
+cannot overwrite edits made in Ongoing with the same data. Every replay, dry or not, is recorded as a `replay.recorded`
 event: who, which window, which mapping version, and the counts.
 """
 
@@ -25,6 +27,7 @@ from typing import Any, Literal
 from pipeline.config import Settings
 from pipeline.eventlog.base import EventLog, NewEvent, StoredEvent
 from pipeline.events import (
+    CommandSucceeded,
     InvoiceObserved,
     OrderUpsertRequested,
     ProductObserved,
@@ -33,7 +36,15 @@ from pipeline.events import (
     to_dict,
 )
 from pipeline.mapping import MAPPING_VERSION
-from pipeline.projectors.commands import COMMANDS, Projection, command_dedupe_key, fingerprint, project_event
+from pipeline.projectors.commands import (
+    COMMANDS,
+    Command,
+    Failed,
+    Projection,
+    command_dedupe_key,
+    fingerprint,
+    project_event,
+)
 
 Kind = Literal["products", "orders", "stock"]
 KIND_TYPES: dict[str, str] = {
@@ -64,6 +75,13 @@ class ReplayReport:
     skipped: int = 0
     appended: int = 0
     changes: list[Change] = field(default_factory=list)
+    # Delivered orders whose mapped body differs from the delivered one: forced (with `resend_orders`) ...
+    forced: list[str] = field(default_factory=list)
+    # ... and delivered orders that map to exactly what was delivered: never forced.
+    delivered_unchanged: int = 0
+    # Changed orders never delivered (sent), and delivered ones changed but not forced (the sender skips them).
+    orders_new: int = 0
+    orders_not_resent: int = 0
 
     def counts(self) -> dict[str, int]:
         return {
@@ -74,7 +92,43 @@ class ReplayReport:
             "failed": self.failed,
             "skipped": self.skipped,
             "appended": self.appended,
+            "forced": len(self.forced),
         }
+
+    def next_cycle(self) -> str:
+        """What the next `sync` (or `run` cycle) sends because of this replay, exactly."""
+        if self.dry_run:
+            verb, text = "would send", "dry run, nothing appended: applied, the next cycle"
+        elif not self.appended:
+            return "nothing appended: the next cycle sends nothing because of this replay"
+        else:
+            verb, text = "sends", f"{self.appended} command(s) appended: the next `pipeline sync` (or `run` cycle)"
+        kinds: dict[str, int] = {}
+        for change in self.changes:
+            kind = change.entity.split(":", 1)[0]
+            if kind != "order":
+                kinds[kind] = kinds.get(kind, 0) + 1
+        parts = [f"{n} {_KIND_NAMES.get(k, k)}" for k, n in sorted(kinds.items())]
+        if self.orders_new:
+            parts.append(f"{self.orders_new} order(s) not delivered before")
+        if self.forced:
+            shown = ", ".join(self.forced[:10]) + (", ..." if len(self.forced) > 10 else "")
+            parts.append(
+                f"{len(self.forced)} delivered order(s) again, forced because their mapped body changed ({shown}),"
+                " except any the warehouse has started on"
+            )
+        text = f"{text} {verb} " + ("; ".join(parts) if parts else "nothing")
+        if self.orders_not_resent:
+            text += (
+                f"; {self.orders_not_resent} delivered order(s) whose mapping changed are not re-sent"
+                " (--resend-orders forces them)"
+            )
+        if self.delivered_unchanged:
+            text += f"; {self.delivered_unchanged} delivered order(s) map to what was delivered and are not re-sent"
+        return text
+
+
+_KIND_NAMES = {"article": "article upsert(s)", "stockback": "stock figure(s) to PowerOffice"}
 
 
 def diff(before: Any, after: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
@@ -111,6 +165,11 @@ async def replay(
             entity: e for (_, entity), e in (await log.latest(COMMANDS, tenant=t.name)).items()
         }
         newest = {entity: e.position for (_, entity), e in (await log.latest(types, tenant=t.name)).items()}
+        delivered: dict[str, StoredEvent] = {
+            entity: e
+            for (_, entity), e in (await log.latest([CommandSucceeded.TYPE], tenant=t.name)).items()
+            if entity.startswith("order:")
+        }
         # Only an entity's newest observation speaks for it: replaying an older one would send stale data back.
         window: dict[str, StoredEvent] = {}
         async for stored in log.read(tenant=t.name, types=types, since=window_from, until=window_to):
@@ -121,16 +180,26 @@ async def replay(
             if newest.get(stored.entity) != stored.position:
                 report.superseded += 1
                 continue
+            await state.learn(log, stored)
             done = project_event(state, stored)
-            if done.failure is not None:
+            if isinstance(done, Failed):
                 report.failed += 1
                 continue
-            if done.command is None or done.entity is None:
+            if not isinstance(done, Command):
                 report.skipped += 1
                 continue
-            command = done.command
-            if resend_orders and isinstance(command, OrderUpsertRequested):
-                command = replace(command, force=True)
+            command = done.event
+            order_kind = "new"
+            if isinstance(command, OrderUpsertRequested) and done.entity in delivered:
+                body = await _delivered_body(log, delivered[done.entity])
+                if body is not None and body == command.body:
+                    report.delivered_unchanged += 1
+                    order_kind = "same"
+                elif resend_orders:
+                    command = replace(command, force=True)
+                    order_kind = "forced"
+                else:
+                    order_kind = "held"
             previous = latest.get(done.entity)
             before = to_dict(previous.event) if previous else {}
             after = to_dict(command)
@@ -138,6 +207,13 @@ async def replay(
                 report.unchanged += 1
                 continue
             report.changes.append(Change(t.name, done.entity, stored.position, list(diff(before, after)), not previous))
+            if isinstance(command, OrderUpsertRequested):
+                if order_kind == "forced":
+                    report.forced.append(done.entity)
+                elif order_kind == "new":
+                    report.orders_new += 1
+                elif order_kind == "held":
+                    report.orders_not_resent += 1
             if not dry_run:
                 fp = fingerprint(command)
                 out.append(
@@ -166,6 +242,16 @@ async def replay(
     stamp = f"{record.by}/{record.window_from}/{record.window_to}/{tenant}/{kind}/{await log.max_position()}"
     await log.append([NewEvent(tenant or "*", "replay", record, f"replay/{stamp}/{dry_run}")])
     return report
+
+
+async def _delivered_body(log: EventLog, success: StoredEvent) -> dict[str, Any] | None:
+    """The body of the order command that `success` delivered."""
+    if not isinstance(success.event, CommandSucceeded):
+        return None
+    command = await log.get(success.event.command)
+    if command is None or not isinstance(command.event, OrderUpsertRequested):
+        return None
+    return command.event.body
 
 
 def _who() -> str:

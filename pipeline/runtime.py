@@ -53,6 +53,7 @@ from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.lease import Lease
 from pipeline.pollers.ongoing_stock import poll_stock
 from pipeline.pollers.poweroffice import poll_invoices, poll_products
+from pipeline.problems import standing_problems
 from pipeline.projectors.commands import project
 from pipeline.senders import Sender, SendSummary
 
@@ -91,6 +92,10 @@ class TenantReport:
     cycle_error: str | None = None
     # The deadline (or a stop) came before the cycle's work was done; the rest continues next cycle.
     deadline_reached: bool = False
+    # Standing at the end of the cycle, whenever they began (`pipeline.problems`): entities held by a permanent
+    # failure, and entities whose latest observation cannot be mapped.
+    quarantined: int = 0
+    unmapped: int = 0
 
     @property
     def result(self) -> Result:
@@ -99,7 +104,7 @@ class TenantReport:
             return "failed"
         if self.setup_error:
             return "setup"
-        if self.failed or self.errors:
+        if self.failed or self.errors or self.quarantined or self.unmapped:
             return "failures"
         return "ok"
 
@@ -122,7 +127,7 @@ class CycleReport:
             return EXIT_CYCLE_FAILED
         if any(t.setup_error for t in self.tenants.values()):
             return EXIT_SETUP
-        if any(t.failed or t.errors for t in self.tenants.values()):
+        if any(t.failed or t.errors or t.quarantined or t.unmapped for t in self.tenants.values()):
             return EXIT_FAILED
         return EXIT_OK
 
@@ -402,7 +407,7 @@ class Runtime:
         for phase, label, poll in phases:
             if stopping():
                 report.deadline_reached = True
-                return
+                break
             if not report.setup_error:
                 say(f"{label}: polling {phase}")
                 await self._guarded(phase, poll, tenant, now, report)
@@ -412,7 +417,7 @@ class Runtime:
             report.failed += result.failed
             if stopping():
                 report.deadline_reached = True
-                return
+                break
             say(f"{label}: sending")
             counts = (await self.send([tenant], expired=expired)).tenant(tenant.name)
             report.delivered += counts.delivered
@@ -421,6 +426,10 @@ class Runtime:
             report.waiting = counts.waiting
             if expired():
                 report.deadline_reached = True
+        # Standing problems, whenever they began (a quarantine from last week still fails `sync`).
+        standing = await standing_problems(self.log, tenant.name)
+        report.quarantined = len(standing.quarantined)
+        report.unmapped = len(standing.mapping_failures)
 
     async def send(
         self, tenants: Sequence[TenantSettings] | None = None, *, expired: Expired | None = None

@@ -40,6 +40,10 @@ class Metrics:
         self.skipped = Counter("pipeline_skipped", "Commands deliberately not sent", ["tenant"], registry=r)
         self.failed = Counter("pipeline_failed", "Entities that failed (mapping or delivery)", ["tenant"], registry=r)
         self.waiting = Gauge("pipeline_waiting", "Commands waiting (quarantine or articles)", ["tenant"], registry=r)
+        self.quarantined = Gauge("pipeline_quarantined", "Entities held by a permanent failure", ["tenant"], registry=r)
+        self.unmapped = Gauge(
+            "pipeline_unmapped", "Entities whose latest record cannot be mapped", ["tenant"], registry=r
+        )
         self.last_cycle = Gauge("pipeline_last_cycle_timestamp_seconds", "End of the last cycle", registry=r)
         self.cycles_failed = Counter(
             "pipeline_cycles_failed", "Tenant cycles that failed (the log, a poll, a bug)", ["tenant"], registry=r
@@ -82,6 +86,8 @@ class Status:
         m.skipped.labels(t.name).inc(t.skipped)
         m.failed.labels(t.name).inc(t.failed)
         m.waiting.labels(t.name).set(t.waiting)
+        m.quarantined.labels(t.name).set(t.quarantined)
+        m.unmapped.labels(t.name).set(t.unmapped)
         if t.cycle_failed:
             m.cycles_failed.labels(t.name).inc()
         if state.last_success is not None:

@@ -27,6 +27,7 @@ ADDRESSES = "poweroffice/contact_delivery_addresses.json"
 OBSERVED = datetime.date(2024, 3, 20)
 # The tenant's article registry: every fixture product except the service, which its filters leave out.
 KNOWN = frozenset({"BA-12", "GR-7", "OLD-1", "NP-3", "LOOSE-9"})
+LEFT_OUT = {"SVC-INSTALL": "a service (ProductType Service), and the tenant skips services"}
 ABSENT = object()
 
 PAID = 15798  # company customer, OrderNo, DeliveryDate, every kind of line
@@ -57,6 +58,7 @@ def mapped(
     *,
     order_number: str | None = None,
     known: Collection[str] = KNOWN,
+    left_out: dict[str, str] = LEFT_OUT,
     observed_on: datetime.date = OBSERVED,
 ) -> OrderMapping:
     """map_invoice on an observation, checked against the Ongoing schema."""
@@ -69,6 +71,7 @@ def mapped(
         order_number=order_number_for(obs["invoice"]) if order_number is None else order_number,
         observed_on=observed_on,
         known_articles=known,
+        left_out=left_out,
     )
     validate(result.body, "PostOrderModel")
     return result
@@ -372,8 +375,8 @@ def test_order_line_row(line_id: int, changes: dict[str, Any], key: str | tuple[
         ),
         pytest.param(
             476023750,
-            {},
-            KNOWN - {"LOOSE-9"},
+            {"ProductCode": "FILTERED-1"},
+            KNOWN,
             {"rowNumber": "476023750", "numberOfItems": 1, "comment": "Løs vare, 2,5 kg"},
             True,
             id="order-line-of-filtered-out-product-becomes-text-line",
@@ -400,7 +403,8 @@ def test_order_text_line(
     line_id: int, changes: dict[str, Any], known: Collection[str], expected: dict[str, Any], warns: bool
 ) -> None:
     """Text lines, and lines that cannot be picked, become advanced.orderTextLines; only the latter warn."""
-    result = mapped(with_line(observation(PAID), line_id, **changes), known=known)
+    left_out = {**LEFT_OUT, "FILTERED-1": "not a stock item, and the tenant syncs stock items only"}
+    result = mapped(with_line(observation(PAID), line_id, **changes), known=known, left_out=left_out)
     assert text_line(result.body, str(line_id)) == expected
     assert str(line_id) not in [entry["rowNumber"] for entry in result.body["orderLines"]]
     assert any(str(line_id) in warning for warning in result.warnings) == warns
@@ -582,11 +586,53 @@ def test_order_number_checked(order_number: str) -> None:
 
 
 def test_order_of_services_only_is_nothing_to_ship() -> None:
-    """An invoice whose lines are all services (not in the registry) needs no order: NothingToShip."""
+    """An invoice whose lines are all services the filters leave out needs no order: NothingToShip."""
     with pytest.raises(NothingToShip) as caught:
         mapped(observation(SERVICES))
     assert caught.value.field == "Lines"
-    assert "nothing to pick" in caught.value.reason
+    assert "no product to pick" in caught.value.reason or "is a product to pick" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("line_id", "changes", "known", "left_out", "waits_for"),
+    [
+        pytest.param(476023750, {}, KNOWN - {"LOOSE-9"}, LEFT_OUT, "LOOSE-9", id="rule9-product-that-failed-to-map"),
+        pytest.param(476023750, {"ProductCode": "NEW-1"}, KNOWN, LEFT_OUT, "NEW-1", id="rule9-product-never-seen"),
+        pytest.param(
+            476023750,
+            {"ProductCode": "SVC-INSTALL"},
+            KNOWN | {"SVC-INSTALL"},
+            LEFT_OUT,
+            None,
+            id="rule9-left-out-but-has-article",
+        ),
+        pytest.param(
+            476023750, {}, KNOWN, {**LEFT_OUT, "LOOSE-9": "filtered"}, None, id="rule9-registry-wins-over-filter"
+        ),
+    ],
+)
+def test_rule9_product_line_is_never_a_text_line(
+    line_id: int, changes: dict[str, Any], known: Collection[str], left_out: dict[str, str], waits_for: str | None
+) -> None:
+    """A line with a product code is an order line whose article is in `article_numbers` (so the sender holds the
+    order until that article is delivered), whether or not the registry has the article; a warning names the
+    article the order waits for."""
+    result = mapped(with_line(observation(PAID), line_id, **changes), known=known, left_out=left_out)
+    row = line(result.body, str(line_id))
+    assert row["articleNumber"] in result.article_numbers
+    assert str(line_id) not in [t["rowNumber"] for t in result.body.get("advanced", {}).get("orderTextLines", [])]
+    waits = [w for w in result.warnings if "waits" in w]
+    if waits_for is None:
+        assert not waits
+    else:
+        assert row["articleNumber"] == waits_for
+        assert any(waits_for in w for w in waits)
+
+
+def test_rule9_an_invoice_of_unknown_products_only_still_becomes_an_order() -> None:
+    """No product in the registry at all (every product failed to map): still an order, waiting for them all."""
+    result = mapped(observation(PAID), known=frozenset())
+    assert result.article_numbers == ("BA-12", "LOOSE-9")
 
 
 @pytest.mark.parametrize(

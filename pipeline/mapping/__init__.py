@@ -21,7 +21,7 @@ from pipeline.mapping.orders import (
 from pipeline.mapping.products import ArticleMapping, map_product, product_excluded
 from pipeline.mapping.stock import StockMapping, map_stock
 
-MAPPING_VERSION: int = 1
+MAPPING_VERSION: int = 2  # 2: a product line is never a text line (rule 9)
 
 __all__ = [
     "MAPPING_VERSION",

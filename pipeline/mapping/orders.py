@@ -22,10 +22,13 @@
 | Text lines (and lines that cannot be picked, below)         | advanced.orderTextLines[] {rowNumber,             |
 |                                                             |   numberOfItems: 1, comment}                      |
 
-Every invoice line appears in the order exactly once, as an order line or as a text line. A line becomes a text
-line (with a warning) when it cannot be picked: its LineType is InvoiceFee, Summary or TotalHours; it has no
-ProductCode; its product is not in the tenant's article registry (a service, or a product the filters leave
-out); or its Quantity is zero or negative. The shipment is never held back for such a line.
+Every invoice line appears in the order exactly once, as an order line or as a text line. A line with a
+ProductCode is an order line, always: its article goes into `article_numbers`, and the sender holds the order
+until every one of them is delivered, so a product that failed to map or is not known yet makes the order wait
+(with a warning), never turns goods into a text line. A line becomes a text line (with a warning) only when it
+is not goods: its LineType is InvoiceFee, Summary or TotalHours; it has no ProductCode; its product is one the
+tenant's filters leave out (`left_out`) and the registry has no article for it; or its Quantity is zero or
+negative (nothing to pick).
 
 Choices, each for a reason:
 - Null and empty values are omitted, never sent as null (see `pipeline.mapping.products`). The two
@@ -40,8 +43,8 @@ Choices, each for a reason:
 - Lines are ordered by SortOrder (as the invoice shows them), so the body does not depend on the order in which
   the API returned them.
 - An invoice with no lines at all is an error (PowerOffice may omit lines of imported invoices, and a paid
-  invoice of goods must not vanish silently). One whose lines are all unpickable (a service-only invoice)
-  raises `NothingToShip`, a MappingError subclass a projector may treat as "no order needed".
+  invoice of goods must not vanish silently). One with lines but no order line (services or fees only) raises
+  `NothingToShip`, a MappingError subclass the projector records as an `observation.skipped` with the reason.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ _PAID_TOLERANCE: Final = 0.005
 
 
 class NothingToShip(MappingError):
-    """The invoice has lines, but none of them is a product to pick: no order is needed."""
+    """The invoice has lines, but none of them is goods to pick (services, fees, text): no order is needed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,18 +150,20 @@ def map_invoice(
     order_number: str,
     observed_on: datetime.date,
     known_articles: Collection[str],
+    left_out: Mapping[str, str] | None = None,
 ) -> OrderMapping:
     """Map an OutgoingInvoiceDto, its lines and its customer snapshot to a `PUT /orders` body.
 
     `order_number` is the number the projector chose (see `order_number_for` / `fallback_order_number`);
     `observed_on` is the date of the observation, used when the invoice has no DeliveryDate so that a replay
-    gives the same order; `known_articles` holds the article numbers in the tenant's registry: an order line
-    may only reference those.
+    gives the same order; `known_articles` holds the article numbers in the tenant's registry (a line whose
+    product is not among them is still an order line, and the order waits for that article); `left_out` maps
+    the product Codes the tenant's filters leave out to the reason (their lines are text lines).
 
     Raises MappingError naming the field when the order cannot be made: no customer snapshot ("customer"), no
     customer at all ("CustomerNo"), no Id, an unreadable DeliveryDate, no lines ("Lines"), a product line
     without an Id or a Quantity, a number that is not finite, a field of the wrong JSON type. Raises
-    NothingToShip when no line can be picked. Never raises anything else.
+    NothingToShip when no line is goods to pick. Never raises anything else.
     """
     inv = values.obj(invoice, "invoice")
     invoice_id = values.text(inv, "Id", "Id")
@@ -190,7 +195,7 @@ def map_invoice(
     body["smsNotification"] = _notification(values.text(cust, "PhoneNumber", "customer.PhoneNumber"))
     body["consignee"] = _consignee(inv, cust, delivery_addresses, warnings)
 
-    order_lines, text_lines, article_numbers = _lines(inv, lines, known_articles, warnings)
+    order_lines, text_lines, article_numbers = _lines(inv, lines, known_articles, left_out or {}, warnings)
     body["orderLines"] = order_lines
     if text_lines:
         body["advanced"] = {"orderTextLines": text_lines}
@@ -372,7 +377,11 @@ class _Line:
 
 
 def _lines(
-    inv: Json, lines: Sequence[Mapping[str, Any]], known_articles: Collection[str], warnings: list[str]
+    inv: Json,
+    lines: Sequence[Mapping[str, Any]],
+    known_articles: Collection[str],
+    left_out: Mapping[str, str],
+    warnings: list[str],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     if not isinstance(lines, Sequence) or isinstance(lines, str | bytes):
         raise MappingError("Lines", f"expected a list of invoice lines, got {values.kind(lines)}")
@@ -384,7 +393,7 @@ def _lines(
     article_numbers: dict[str, None] = {}  # ordered set
     for line in _ordered(lines):
         comment = values.text(line.raw, "Description", line.where("Description"))
-        pick = _pick(line, known_articles)
+        pick = _pick(line, known_articles, left_out, warnings)
         if isinstance(pick, str):
             if pick:
                 warnings.append(f"line {line.row} {pick}: sent as a text line")
@@ -397,7 +406,7 @@ def _lines(
         article_numbers[pick.article_number] = None
     if not order_lines:
         raise NothingToShip(
-            "Lines", f"none of the {len(lines)} invoice lines is a product in the article registry: nothing to pick"
+            "Lines", f"none of the {len(lines)} invoice lines is a product to pick (services, fees or text only)"
         )
     return order_lines, text_lines, list(article_numbers)
 
@@ -428,9 +437,12 @@ class _Pick:
     quantity: float
 
 
-def _pick(line: _Line, known_articles: Collection[str]) -> _Pick | str:
+def _pick(
+    line: _Line, known_articles: Collection[str], left_out: Mapping[str, str], warnings: list[str]
+) -> _Pick | str:
     """What to pick for a line; or, for a line that becomes a text line, why ("" for a Text line, which needs
-    no warning)."""
+    no warning). A line with a product code is picked even when the registry has no article for it: the order
+    then waits for the article (a warning says so)."""
     line_type = values.text(line.raw, "LineType", line.where("LineType"))
     if line_type == TEXT_LINE:
         return ""
@@ -439,11 +451,8 @@ def _pick(line: _Line, known_articles: Collection[str]) -> _Pick | str:
     code = values.text(line.raw, "ProductCode", line.where("ProductCode"))
     if code is None:
         return "has no ProductCode"
-    if code not in known_articles:
-        return (
-            f"has product {values.shown(code)}, which is not in the article registry "
-            "(a service, or a product the tenant's filters leave out)"
-        )
+    if code not in known_articles and code in left_out:
+        return f"has product {values.shown(code)}, which the tenant's filters leave out ({left_out[code]})"
     quantity = values.number(line.raw, "Quantity", line.where("Quantity"))
     if quantity is None:
         raise MappingError(line.where("Quantity"), f"line {line.row} (product {values.shown(code)}) has no Quantity")
@@ -452,6 +461,11 @@ def _pick(line: _Line, known_articles: Collection[str]) -> _Pick | str:
     if quantity >= values.MONEY_LIMIT:
         raise MappingError(
             line.where("Quantity"), f"line {line.row}: Quantity {values.shown(quantity)} is out of range"
+        )
+    if code not in known_articles:
+        warnings.append(
+            f"line {line.row} has product {values.shown(code)}, which has no article yet (its product failed to map"
+            " or was not seen): the order waits for that article"
         )
     return _Pick(article_number=code, quantity=quantity)
 

@@ -4,6 +4,10 @@ The figure written back is the tenant's `stock_figure` from the article's `inven
 (physical stock, the default) or `sellableNumberOfItems` (what can still be sold; Ongoing lets it go negative,
 and it is passed on as it is). PowerOffice accepts StockOnHand only on products with IsStockItem, so anything
 else is skipped with a reason rather than sent to fail.
+
+Stock goes back only once the warehouse has held the article (`warehouse_has_held`): before the goods first
+arrive, Ongoing's zero says nothing about the customer's stock, and writing it would wipe PowerOffice's figure.
+The projector applies that rule (it needs the article's earlier observations); a tenant may switch it off.
 """
 
 from __future__ import annotations
@@ -56,3 +60,19 @@ def map_stock(
     if figure is None:
         return f"Ongoing gave no {figure_name}"
     return StockMapping(product_id=product_id, product_code=code, value=float(figure))
+
+
+def warehouse_has_held(inventory: Mapping[str, Any]) -> bool:
+    """Whether this `inventoryInfo` shows the warehouse has held the article: a physical stock (`numberOfItems`)
+    other than zero, or a `lastInDate` (goods came in at some time). A negative `sellableNumberOfItems` alone
+    does not count: orders booked before any goods arrived make it so. Total: never raises."""
+    if not isinstance(inventory, Mapping):
+        return False
+    try:
+        figure = values.number(inventory, "numberOfItems", "inventoryInfo.numberOfItems")
+    except MappingError:
+        figure = None
+    if figure is not None and figure != 0:
+        return True
+    last_in = inventory.get("lastInDate")
+    return isinstance(last_in, str) and bool(last_in.strip())
