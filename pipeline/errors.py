@@ -122,6 +122,12 @@ def remember_secrets(*values: str, pinned: bool = True) -> None:
     _known.add(values, pinned=pinned)
 
 
+def forget_secrets() -> None:
+    """Forget every remembered secret (a process that loads another config, and tests, start afresh)."""
+    global _known
+    _known = _KnownSecrets()
+
+
 def credential_values(header_value: str) -> list[str]:
     """The secret parts of an `Authorization`-style header value: the whole value, its token, and for Basic the
     decoded `user:password` pair and the password."""

@@ -10,6 +10,8 @@ import pytest
 import stamina
 from hypothesis import settings
 
+from pipeline.errors import forget_secrets
+
 # Property tests explore a fixed sequence of examples, so a run is repeatable: a failure seen once is seen again.
 # (`HYPOTHESIS_PROFILE=explore` searches afresh each run, for hunting new counterexamples locally.)
 settings.register_profile("repeatable", derandomize=True, deadline=None)
@@ -22,6 +24,14 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_secrets() -> Iterator[None]:
+    """Each test starts with no remembered secrets: one test's short fake key must not scrub another's words."""
+    forget_secrets()
+    yield
+    forget_secrets()
 
 
 @pytest.fixture(autouse=True)
