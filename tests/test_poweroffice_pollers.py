@@ -171,15 +171,18 @@ async def test_records_sharing_the_cursor_timestamp_are_neither_lost_nor_duplica
     async with world(tmp_path) as w:
         await w.products()
         one, two, three = goods(w)[:3]
-        w.clock.advance(hours=1)
+        w.clock.now = NOW + timedelta(hours=1)
         w.fake.set_price(ACME, one, 11.0)
         w.fake.set_price(ACME, two, 12.0)
+        w.clock.now = NOW + timedelta(hours=1, minutes=10)  # the poll runs later: the server time caps nothing
         first = await w.products()
         stamp = await w.log.cursor(PRODUCTS_CURSOR, "acme")
         # A product saved in the same instant becomes visible only now; another changes a second later.
+        w.clock.now = NOW + timedelta(hours=1)
         late = w.fake.add_product(ACME, code="LATE-1", name="Sen vare")
         w.clock.advance(seconds=1)
         w.fake.set_price(ACME, three, 13.0)
+        w.clock.now = NOW + timedelta(hours=1, minutes=20)
         second = await w.products()
         counts = await w.per_entity(ProductObserved.TYPE)
         cursor = await w.log.cursor(PRODUCTS_CURSOR, "acme")
@@ -200,7 +203,9 @@ async def test_without_overlap_the_boundary_record_would_be_lost(tmp_path: Path)
         await w.products()
         w.clock.advance(hours=1)
         w.fake.set_price(ACME, goods(w)[0], 11.0)
+        w.clock.advance(minutes=10)
         await w.products()
+        w.clock.advance(minutes=-10)
         late = w.fake.add_product(ACME, code="LATE-1", name="Sen vare")
         cursor = parse_timestamp(str(await w.log.cursor(PRODUCTS_CURSOR, "acme")))
         pages = [page async for page in w.client.products(changed_after=cursor)]
@@ -239,15 +244,60 @@ async def test_stock_written_back_is_not_a_new_product_observation(tmp_path: Pat
 
 @pytest.mark.anyio
 async def test_cursor_comes_from_the_data_not_the_clock(tmp_path: Path) -> None:
-    """The cursor is the newest change seen, however late the poll runs; an absurd future stamp is ignored."""
+    """The cursor is the newest change seen, however late the poll runs."""
     async with world(tmp_path) as w:
-        odd = goods(w)[0]
-        w.fake.company(ACME).product_by_code(odd)["LastChangedDateTimeOffset"] = "2099-01-01T00:00:00.0000000Z"
         w.clock.advance(days=30)
         await w.products()
         cursor = await w.log.cursor(PRODUCTS_CURSOR, "acme")
-    sane = [p for p in w.fake.company(ACME).products.values() if p["Code"] != odd]
-    assert cursor == latest_stamp(sane, "LastChangedDateTimeOffset")
+    assert cursor == latest_stamp(list(w.fake.company(ACME).products.values()), "LastChangedDateTimeOffset")
+
+
+@pytest.mark.anyio
+async def test_rule6_a_future_change_time_is_kept_but_the_cursor_stops_at_the_server_time(tmp_path: Path) -> None:
+    """A product stamped in 2099 is observed with its stamp as it came, but the cursor stops at the server's
+    `Date` less the overlap; a product changed after that (in the server's time) is still read next poll."""
+    async with world(tmp_path) as w:
+        odd = goods(w)[0]
+        w.fake.company(ACME).product_by_code(odd)["LastChangedDateTimeOffset"] = "2099-01-01T00:00:00.0000000Z"
+        w.clock.advance(hours=1)
+        await w.products()
+        cursor = await w.log.cursor(PRODUCTS_CURSOR, "acme")
+        w.clock.advance(minutes=15)
+        later = goods(w)[1]
+        w.fake.set_price(ACME, later, 99.0)
+        second = await w.products()
+        observed = [e.event.product for e in await w.events(ProductObserved.TYPE)]
+    assert cursor == (NOW + timedelta(hours=1) - OVERLAP).isoformat()
+    stamps = [p["LastChangedDateTimeOffset"] for p in observed if p["Code"] == odd]
+    assert stamps == ["2099-01-01T00:00:00.0000000Z"]
+    assert second.observed == 1
+    assert [p["UnitPrice"] for p in observed if p["Code"] == later][-1] == 99.0
+
+
+@pytest.mark.anyio
+async def test_rule5_a_record_changed_while_the_poll_ran_is_read_next_time(tmp_path: Path) -> None:
+    """The cursor never passes the server time of the poll's first page less the overlap: a product changed on
+    the server while a long poll was still reading (stamped before the newest record seen, after the first
+    page was served) is read by the next poll."""
+    async with world(tmp_path, page_size=5) as w:
+        await w.products()
+        w.clock.advance(hours=1)
+        codes = goods(w)
+        w.fake.set_price(ACME, codes[0], 1.0)
+        w.clock.advance(minutes=10)
+        first_page_served = w.clock.now
+        w.clock.advance(minutes=10)  # the server's clock moves on while the poll reads
+        w.fake.set_price(ACME, codes[1], 2.0)  # lands on an already-read page, stamped after the first page
+        w.clock.advance(minutes=10)
+        w.fake.set_price(ACME, codes[2], 3.0)  # seen by this poll: the newest stamp it reads
+        w.clock.now = first_page_served
+        await w.products()
+        cursor = await w.log.cursor(PRODUCTS_CURSOR, "acme")
+        w.clock.advance(hours=1)
+        await w.products()
+        prices = {e.event.product["Code"]: e.event.product["UnitPrice"] for e in await w.events(ProductObserved.TYPE)}
+    assert cursor == (first_page_served - OVERLAP).isoformat()
+    assert [prices[c] for c in codes[:3]] == [1.0, 2.0, 3.0]
 
 
 @pytest.mark.anyio
@@ -260,6 +310,7 @@ async def test_a_poll_failing_halfway_leaves_the_cursor(tmp_path: Path) -> None:
         w.clock.advance(hours=1)
         for n, product in enumerate(list(w.fake.company(ACME).products.values())):
             w.fake.set_price(ACME, product["Code"], float(n))
+        w.clock.advance(minutes=10)
         w.fake.faults.add(Fault("status", status=400), path=r"/v2/products\?.*PageNumber=3")
         with pytest.raises(PermanentApiError):
             await w.products()
@@ -268,9 +319,9 @@ async def test_a_poll_failing_halfway_leaves_the_cursor(tmp_path: Path) -> None:
         result = await w.products()
         counts = await w.per_entity(ProductObserved.TYPE)
         after = await w.log.cursor(PRODUCTS_CURSOR, "acme")
-    # Page 1 was committed; page 2 was held back to go with the cursor, and the failure came first.
-    assert sum(partial.values()) == 25 + 5
-    assert result.observed == 20
+    # A delta's pages are all read before any is appended: the failure on page 3 stored nothing.
+    assert sum(partial.values()) == 25
+    assert result.observed == 25
     assert set(counts.values()) == {2}  # first sweep plus the price change, each once
     assert after == (NOW + timedelta(hours=1)).isoformat()
 
@@ -296,6 +347,7 @@ async def test_first_invoice_poll_starts_at_orders_since(tmp_path: Path) -> None
         paid = unpaid(w, 3)
         for invoice in paid:
             w.fake.pay_invoice(ACME, invoice["Id"])
+        w.clock.advance(minutes=10)
         mark = len(w.fake.requests)
         result = await w.invoices()
         events = await w.events(InvoiceObserved.TYPE)
