@@ -3,7 +3,8 @@
 - `history`: everything that happened to one entity of a tenant, or to a source record and what it caused
   (`invoice:<id>` shows the observations, the order command they made and the order's outcomes);
 - `lineage`: the causation chain through one position, up to the observation and down to the outcomes;
-- `failures`: entities whose latest outcome is a failure (quarantined), and mapping failures not yet superseded;
+- `failures`: entities whose latest outcome is a failure (quarantined), mapping failures not yet superseded, and
+  records a poller rejected that have not been observed since;
 - `stats`: event counts per tenant and type;
 - `sql`: any read-only SQL against the log (the connection refuses writes).
 """
@@ -21,6 +22,7 @@ from pipeline.events import (
     CommandFailed,
     EntityRedriven,
     MappingFailed,
+    ObservationRejected,
     to_dict,
 )
 
@@ -81,6 +83,8 @@ def summarize(e: StoredEvent) -> str:
         return f"cannot map #{d['source']}: {d['field']}: {d['reason']}"
     if t == "observation.skipped":
         return f"no command for #{d['source']}: {d['reason']}"
+    if t == "observation.rejected":
+        return f"cannot read a {d['resource']} record: {d['field']}: {d['reason']}"
     if t == "entity.redriven":
         return f"re-driven by {d['by']}: {d['reason']}"
     if t == "replay.recorded":
@@ -131,7 +135,8 @@ async def lineage(log: EventLog, position: int) -> list[Row]:
 
 
 async def failures(log: EventLog, tenant: str | None = None) -> list[Row]:
-    """Entities whose latest outcome is a failure (and not re-driven since), plus current mapping failures."""
+    """Entities whose latest outcome is a failure (and not re-driven since), plus current mapping failures and
+    standing rejections."""
     latest = await log.latest([*OUTCOME_TYPES, EntityRedriven.TYPE], tenant=tenant)
     out = [e for e in latest.values() if isinstance(e.event, CommandFailed)]
     mapping = await log.latest([MappingFailed.TYPE], tenant=tenant)
@@ -142,7 +147,10 @@ async def failures(log: EventLog, tenant: str | None = None) -> list[Row]:
         for key, e in mapping.items()
         if isinstance(e.event, MappingFailed) and key in observed and observed[key].position == e.event.source
     ]
-    return [to_row(e) for e in sorted(out + failed_sources, key=lambda e: e.position)]
+    # A rejected record stands until the record is observed (or rejected) again.
+    read = await log.latest([*OBSERVED_TYPES, ObservationRejected.TYPE], tenant=tenant)
+    rejected = [e for e in read.values() if isinstance(e.event, ObservationRejected)]
+    return [to_row(e) for e in sorted(out + failed_sources + rejected, key=lambda e: e.position)]
 
 
 async def stats(log: SqliteEventLog) -> list[tuple[Any, ...]]:
