@@ -410,3 +410,33 @@ async def test_rule3_a_record_without_an_id_is_recorded_and_the_rest_flows(tmp_p
     assert rejected.entity.startswith("product:?")
     assert rejected.event.field == "Id"
     assert rejected.event.record == broken
+
+
+@pytest.mark.anyio
+async def test_rule5_every_list_page_is_read_before_any_detail(tmp_path: Path) -> None:
+    """All invoice pages are read back to back, before any lines, customers or addresses; all product pages
+    of a delta before the groups. (A list read with other requests in between gives records more time to move
+    between pages.)"""
+    async with world(tmp_path, page_size=2) as w:
+        await w.products()
+        await w.invoices()
+        w.clock.advance(hours=1)
+        for invoice in unpaid(w, 7):
+            w.fake.pay_invoice(ACME, invoice["Id"])
+        for code in goods(w)[:7]:
+            w.fake.set_price(ACME, code, 5.0)
+        w.clock.advance(minutes=10)
+        mark = len(w.fake.requests)
+        products = await w.products()
+        product_calls = w.requests_since(mark)
+        mark = len(w.fake.requests)
+        invoices = await w.invoices()
+        invoice_calls = w.requests_since(mark)
+    assert (products.observed, invoices.observed) == (7, 7)
+    listed = [i for i, path in enumerate(product_calls) if path == "/v2/products"]
+    assert listed == list(range(len(listed)))
+    assert len(listed) >= 4
+    assert set(product_calls[len(listed) :]) == {"/v2/productgroups"}
+    listed = [i for i, path in enumerate(invoice_calls) if path == "/v2/outgoinginvoices"]
+    assert listed == list(range(4))  # 7 invoices in pages of 2
+    assert len(invoice_calls) > 4
