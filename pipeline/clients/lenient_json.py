@@ -18,7 +18,9 @@ Only the fallback is slow (a regular expression walks the text); a page orjson r
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -51,6 +53,61 @@ class Unreadable:
     def field(self) -> str:
         """The field(s) at fault, as one text for an event: `"Balance"`, `"Lines[0].Quantity, Name"`, `"record"`."""
         return ", ".join(self.fields) if self.fields else "record"
+
+
+JsonObject = dict[str, Any]
+
+
+class Page(list[JsonObject]):
+    """One page of a list: its records (JSON objects), plus `rejected`, the elements that could not be read
+    (each an `Unreadable` with its raw text and the fields at fault), and `server_time`, the server's `Date`
+    when the page was served (None when unknown)."""
+
+    __slots__ = ("rejected", "server_time")
+
+    def __init__(
+        self,
+        records: Iterable[JsonObject] = (),
+        rejected: Iterable[Unreadable] = (),
+        server_time: datetime | None = None,
+    ) -> None:
+        super().__init__(records)
+        self.rejected: list[Unreadable] = list(rejected)
+        self.server_time = server_time
+
+    @property
+    def size(self) -> int:
+        """How many elements the server sent (readable or not): what decides a short page."""
+        return len(self) + len(self.rejected)
+
+
+def parse_page(body: bytes, server_time: datetime | None = None) -> Page:
+    """A list answer as a Page: parsed strictly, else element by element; an element that is not a JSON object
+    is rejected too. An empty body or `null` is an empty page. Raises ValueError when the body is not a JSON
+    array whose elements can be told apart (the message says why)."""
+    if not body.strip():
+        return Page(server_time=server_time)
+    try:
+        items = orjson.loads(body)
+        rejected: list[Unreadable] = []
+    except orjson.JSONDecodeError as exc:
+        try:
+            items, rejected = loads_array(body)
+        except ValueError:
+            raise ValueError(f"answer is not JSON: {exc}") from None
+    if items is None:
+        return Page(server_time=server_time)
+    if not isinstance(items, list):
+        raise ValueError("expected a JSON array")
+    records: list[JsonObject] = []
+    for index, item in enumerate(items):
+        if isinstance(item, dict):
+            records.append(item)
+        else:
+            raw = orjson.dumps(item).decode()
+            rejected.append(Unreadable(index, raw, f"expected a JSON object, got {raw[:40]}"))
+    rejected.sort(key=lambda u: u.index)
+    return Page(records, rejected, server_time)
 
 
 def loads_array(body: bytes) -> tuple[list[Any], list[Unreadable]]:

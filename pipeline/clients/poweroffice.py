@@ -41,7 +41,8 @@ import anyio
 import orjson
 
 from pipeline.clients.http import Attempts, Response, RetryPolicy, retrying, send
-from pipeline.clients.lenient_json import Unreadable, loads_array
+from pipeline.clients.lenient_json import Page as Page  # re-exported: the pages this client yields
+from pipeline.clients.lenient_json import parse_page
 from pipeline.clients.ratelimit import RateLimiter
 from pipeline.config import PowerOfficeSettings, TenantSettings
 from pipeline.errors import AuthError, PermanentApiError, RateLimitedError
@@ -57,29 +58,6 @@ MAX_URL_LENGTH = 1800
 RENEW_AHEAD = 60.0
 
 JsonObject = dict[str, Any]
-
-
-class Page(list[JsonObject]):
-    """One page of a list: its records (JSON objects), plus `rejected`, the elements that could not be read
-    (each an `Unreadable` with its raw text and the fields at fault), and `server_time`, the server's `Date`
-    when the page was served (None when the answer had no readable `Date`)."""
-
-    __slots__ = ("rejected", "server_time")
-
-    def __init__(
-        self,
-        records: Iterable[JsonObject] = (),
-        rejected: Iterable[Unreadable] = (),
-        server_time: datetime | None = None,
-    ) -> None:
-        super().__init__(records)
-        self.rejected: list[Unreadable] = list(rejected)
-        self.server_time = server_time
-
-    @property
-    def size(self) -> int:
-        """How many elements the server sent (readable or not): what decides a short page."""
-        return len(self) + len(self.rejected)
 
 
 def server_time(headers: Mapping[str, str]) -> datetime | None:
@@ -402,35 +380,18 @@ class TenantPowerOffice:
 
     def _page(self, response: Response, shown: str) -> Page:
         """A list answer as a Page; a body orjson refuses is parsed element by element (see `lenient_json`)."""
-        when = server_time(response.headers)
         try:
-            items = response.json()
-            rejected: list[Unreadable] = []
-        except orjson.JSONDecodeError as exc:
-            try:
-                items, rejected = loads_array(response.body)
-            except ValueError:
-                raise PermanentApiError(
-                    SYSTEM, "GET", shown, response.status, f"answer is not JSON: {exc}", tenant=self.tenant.name
-                ) from exc
+            page = parse_page(response.body, server_time(response.headers))
+        except ValueError as exc:
+            raise PermanentApiError(SYSTEM, "GET", shown, response.status, str(exc), tenant=self.tenant.name) from exc
+        if page.rejected:
             log.warning(
                 "tenant %s: %d record(s) of a %s page could not be read; the rest of the page goes on",
                 self.tenant.name,
-                len(rejected),
+                len(page.rejected),
                 shown,
             )
-        if not isinstance(items, list):
-            raise PermanentApiError(
-                SYSTEM, "GET", shown, response.status, "expected a JSON array", tenant=self.tenant.name
-            )
-        records: list[JsonObject] = []
-        for index, item in enumerate(items):
-            if isinstance(item, dict):
-                records.append(item)
-            else:
-                raw = orjson.dumps(item).decode()
-                rejected.append(Unreadable(index, raw, f"expected a JSON object, got {raw[:40]}"))
-        return Page(records, rejected, when)
+        return page
 
     async def _collect(self, path: str, params: Mapping[str, str], attempts: Attempts | None) -> Page:
         out = Page()

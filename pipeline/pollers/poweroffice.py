@@ -419,7 +419,7 @@ async def poll_invoices(
                 events.append(rejections.record(invoice, None, "Id", f"expected an invoice id (a uuid), got {shown}"))
             else:
                 readable.append(invoice)
-        details = await _details(log, client, tenant, readable, concurrency)
+        details = await _details(log, client, tenant, readable, concurrency, first=cursor.stored is None)
         for invoice in readable:
             entity = invoice_entity(invoice)
             changed = _timestamp(invoice, "BalanceLastChangedDateTimeOffset")
@@ -470,15 +470,18 @@ async def _details(
     tenant: TenantSettings,
     page: list[JsonObject],
     concurrency: int,
+    *,
+    first: bool,
 ) -> dict[str, InvoiceObserved | _Refused]:
     """Full observations (lines, customer, delivery addresses) for the page's would-be orders that need one,
-    or why their details could not be read."""
+    or why their details could not be read. `first`: no poll has completed yet, so nothing needs looking up."""
     wanted: list[JsonObject] = []
     for invoice in page:
         if not becomes_order(invoice, tenant):
             continue
-        # One indexed look-up per would-be order: an invoice re-read in the overlap costs no further request.
-        if await _already_observed(log, tenant, invoice):
+        # One indexed look-up per would-be order of a delta: an invoice re-read in the overlap (or changed after
+        # the last poll's capped cursor) costs no further request.
+        if not first and await _already_observed(log, tenant, invoice):
             continue
         wanted.append(invoice)
     if not wanted:
