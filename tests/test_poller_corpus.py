@@ -15,6 +15,7 @@ mapping cannot read ends in `audit failures` naming the field.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import audit
 from pipeline.events import InvoiceObserved, ObservationRejected, ProductObserved
@@ -374,6 +377,10 @@ async def test_rule3_a_malformed_invoice_is_its_own_problem(tmp_path: Path, case
         assert case.rejected in rejection.event.field
         assert rejection.event.resource == "OutgoingInvoices"
         assert rejection.entity not in observed
+        # What would not parse is kept as received (the invoice, or its line, customer or address).
+        assert (rejection.event.raw is None) == (case.rejected == "Id")
+        if rejection.event.raw is None:
+            assert rejection.event.record == target
         listed = [r for r in failures if r.type == ObservationRejected.TYPE]
         assert [r.entity for r in listed] == [rejection.entity]
         assert result.rejected == 1
@@ -403,3 +410,58 @@ async def test_rule3_an_invoice_header_the_mapping_cannot_read_is_listed_by_audi
         observed = {e.entity: e.event for e in await w.events(InvoiceObserved.TYPE)}
     assert observed[f"invoice:{paid[1]['Id']}"].lines == company.invoice_lines[paid[1]["Id"]]
     assert [(r.entity, r.payload["field"]) for r in failures] == [(f"invoice:{paid[1]['Id']}", field)]
+
+
+# ------------------------------------------------------------------------------------------------- property
+
+BAD_RAW = [b"NaN", b"Infinity", b"1e400", b'"\\ud800"', b'"\xed\xa0\x80"', b"-1e999"]
+int64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what a JSON encoder can write
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    int64,
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+    st.sampled_from([LONG, EMOJI, "", "  ", "12", "n/a", "false", "2026-13-45"]),
+    st.lists(int64, max_size=3),
+    st.dictionaries(st.text(max_size=5), int64, max_size=3),
+    st.sampled_from(BAD_RAW).map(orjson.Fragment),
+)
+MUTABLE = [*PRODUCT_FIELDS, "Id", "ProductGroupId", "NewField"]
+
+
+def _expected_rejection(field: str, value: Any) -> str | None:
+    """The oracle: which field a rejection must name for this value in this field (None: observed)."""
+    if isinstance(value, orjson.Fragment):
+        return field
+    if field == "Id" and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63):
+        return "Id"
+    if field == "ProductGroupId" and value is not None:
+        digits = isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 19
+        number = not isinstance(value, bool) and isinstance(value, int) and 0 < value < 2**63
+        if not (digits or number):
+            return "ProductGroupId"
+    return None
+
+
+@settings(max_examples=40)
+@given(field=st.sampled_from(MUTABLE), value=junk)
+@pytest.mark.anyio
+async def test_rule3_any_junk_in_any_product_field_stays_with_its_record(field: str, value: Any) -> None:
+    """Property: whatever one field of one product holds, that product is observed as served or rejected
+    naming exactly that field, and every other product is observed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        case = Case("junk", _set(field, value), rejected=_expected_rejection(field, value))
+        poll = await _products_poll(Path(tmp), case, sweep=True)
+    for other_id, product in poll.company.products.items():
+        if other_id != poll.pid:
+            assert poll.latest[f"product:{other_id}"] == product
+    if case.rejected is None:
+        assert poll.rejections == []
+        assert poll.latest[f"product:{poll.pid}"] == orjson.loads(orjson.dumps(poll.target))
+    else:
+        (rejection,) = poll.rejections
+        assert rejection.event.field == case.rejected
+        assert [r.entity for r in poll.failures] == [rejection.entity]
+    stamps = [p["LastChangedDateTimeOffset"] for p in poll.company.products.values()]
+    assert poll.cursor == max(datetime.fromisoformat(s) for s in stamps).isoformat()

@@ -170,9 +170,12 @@ class _Rejections:
         self.changed_field = changed_field
         self.count = 0
 
-    def record(self, record: JsonObject, entity: str | None, field: str, reason: str) -> NewEvent:
-        """A record that parsed but cannot be observed. `entity` None: it has no usable Id."""
-        return self._event(record, None, entity, field, reason)
+    def record(
+        self, record: JsonObject, entity: str | None, field: str, reason: str, *, raw: str | None = None
+    ) -> NewEvent:
+        """A record that parsed but cannot be observed. `entity` None: it has no usable Id. `raw`: the text of a
+        part of it that would not parse (a line, its customer, an address), kept with it."""
+        return self._event(record, raw, entity, field, reason)
 
     def unreadable(self, item: Unreadable, entity: str | None) -> NewEvent:
         """A record the JSON parser refused: kept as raw text, with the members that did parse."""
@@ -428,7 +431,7 @@ async def poll_invoices(
                 if found is None:  # already observed exactly like this, or vanished meanwhile
                     continue
                 if isinstance(found, _Refused):
-                    events.append(rejections.record(invoice, entity, found.field, found.reason))
+                    events.append(rejections.record(invoice, entity, found.field, found.reason, raw=found.raw))
                     continue
                 event = found
             else:
@@ -448,6 +451,7 @@ class _Refused:
 
     field: str
     reason: str
+    raw: str
 
 
 def _paths(prefix: str, item: Unreadable) -> str:
@@ -565,15 +569,15 @@ def _unreadable_details(
     would ship the wrong goods or to the wrong place."""
     if lines.rejected:
         item = lines.rejected[0]
-        return _Refused(_paths(f"Lines[{item.index}]", item), item.reason)
+        return _Refused(_paths(f"Lines[{item.index}]", item), item.reason, item.raw)
     for item in customers.rejected:
         owner = _number(item.readable.get("Number"))
         if (owner is not None and owner == number) or (owner is None and customer is None and number is not None):
-            return _Refused(_paths("customer", item), item.reason)
+            return _Refused(_paths("customer", item), item.reason, item.raw)
     for item in addresses.rejected:
         owner = _number(item.readable.get("ContactId"))
         if (owner is not None and owner == contact) or (owner is None and contact is not None):
-            return _Refused(_paths("delivery_addresses", item), item.reason)
+            return _Refused(_paths("delivery_addresses", item), item.reason, item.raw)
     return None
 
 
