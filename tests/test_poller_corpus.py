@@ -438,7 +438,7 @@ def _expected_rejection(field: str, value: Any) -> str | None:
         return "Id"
     if field == "ProductGroupId" and value is not None:
         digits = isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 19
-        number = not isinstance(value, bool) and isinstance(value, int) and 0 < value < 2**63
+        number = not isinstance(value, bool) and isinstance(value, int) and 0 <= value < 2**63
         if not (digits or number):
             return "ProductGroupId"
     return None

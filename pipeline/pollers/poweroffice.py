@@ -113,7 +113,7 @@ def _timestamp(record: JsonObject, field: str) -> datetime | None:
         return None
     try:
         return parse_timestamp(raw)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a date-time, or one that cannot be taken to UTC (year 1, +01:00)
         logger.warning("unreadable %s %r on %s", field, raw[:60], str(record.get("Id"))[:60])
         return None
 
@@ -121,8 +121,8 @@ def _timestamp(record: JsonObject, field: str) -> datetime | None:
 # ------------------------------------------------------------------------------------------ what can be read
 
 
-def _product_id(value: object) -> int | None:
-    """A product's `Id` (int64 in the API), or None when it is not one."""
+def _int_id(value: object) -> int | None:
+    """An int64 id as the API has them (a product's or a group's `Id`), or None when it is not one."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < _INT64:
         return None
     return value
@@ -145,7 +145,7 @@ def _group_id(value: object) -> int | MappingError | None:
         return None
     if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 19:
         return int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < _INT64:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _INT64:
         shown = orjson.dumps(value).decode()
         return MappingError("ProductGroupId", f"expected a product group id, got {shown[:60]}")
     return value
@@ -203,13 +203,15 @@ class _Cursor:
         self.overlap = overlap
         self.now = now
         self.best: datetime | None = None
+        self.server: datetime | None = None
         self.cap: datetime | None = None
 
     def page(self, page: Page) -> None:
         if self.cap is None:
             if page.server_time is None:
                 logger.warning("no Date header on a PowerOffice page: the cursor is capped by the local clock")
-            self.cap = (page.server_time or self.now) - self.overlap
+            self.server = page.server_time or self.now
+            self.cap = self.server - self.overlap
 
     def seen(self, record: JsonObject, field: str) -> None:
         changed = _timestamp(record, field)
@@ -225,11 +227,13 @@ class _Cursor:
         if target is None:
             return min(self.stored, self.cap) if self.stored is not None else None
         if target > self.cap:
-            logger.warning(
-                "change time %s lies past the server's time less the overlap (%s): cursor capped there",
-                target.isoformat(),
-                self.cap.isoformat(),
-            )
+            if self.server is not None and target > self.server:
+                logger.warning(
+                    "change time %s lies after the server's time %s: kept in the event, the cursor stops at %s",
+                    target.isoformat(),
+                    self.server.isoformat(),
+                    self.cap.isoformat(),
+                )
             return self.cap
         return target
 
@@ -321,7 +325,7 @@ async def _groups(client: TenantPowerOffice) -> dict[int, JsonObject]:
     groups: dict[int, JsonObject] = {}
     async for page in client.product_groups():
         for group in page:
-            gid = _product_id(group.get("Id"))
+            gid = _int_id(group.get("Id"))
             if gid is not None:
                 groups[gid] = group
         for item in page.rejected:
@@ -335,11 +339,11 @@ def _product_events(
     events: list[NewEvent] = []
     for item in page.rejected:
         cursor.seen(item.readable, "LastChangedDateTimeOffset")
-        pid = _product_id(item.readable.get("Id"))
+        pid = _int_id(item.readable.get("Id"))
         events.append(rejections.unreadable(item, f"product:{pid}" if pid is not None else None))
     for product in page:
         cursor.seen(product, "LastChangedDateTimeOffset")
-        pid = _product_id(product.get("Id"))
+        pid = _int_id(product.get("Id"))
         if pid is None:
             shown = orjson.dumps(product.get("Id")).decode()[:60]
             events.append(rejections.record(product, None, "Id", f"expected a product id, got {shown}"))
