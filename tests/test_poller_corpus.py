@@ -465,3 +465,56 @@ async def test_rule3_any_junk_in_any_product_field_stays_with_its_record(field: 
         assert [r.entity for r in poll.failures] == [rejection.entity]
     stamps = [p["LastChangedDateTimeOffset"] for p in poll.company.products.values()]
     assert poll.cursor == max(datetime.fromisoformat(s) for s in stamps).isoformat()
+
+
+@pytest.mark.anyio
+async def test_rule3_a_rejected_invoice_comes_back_once_fixed_in_poweroffice(tmp_path: Path) -> None:
+    """Fixing a line, or the invoice itself back to what it was, moves no balance time; the poller reads the
+    standing rejections again by id on every poll, so the fix brings the invoice back with no manual step.
+    Unfixed, the re-read appends nothing."""
+    async with world(tmp_path, invoices=20) as w:
+        await w.invoices()
+        w.clock.advance(hours=1)
+        company = w.fake.company(ACME)
+        first, second = [i for i in company.invoices.values() if i["VoucherType"] == "OutgoingInvoice"][:2]
+        for invoice in (first, second):
+            w.fake.pay_invoice(ACME, invoice["Id"])
+        w.clock.advance(minutes=10)
+        await w.invoices()  # both observed
+        line = company.invoice_lines[first["Id"]][0]
+        quantity = line["Quantity"]
+        line["Quantity"] = orjson.Fragment(b"NaN")
+        w.clock.advance(hours=1)
+        w.fake.pay_invoice(ACME, first["Id"])  # a new balance time: read again, and its line will not parse
+        number = second["InvoiceNo"]
+        w.clock.advance(minutes=10)
+        await w.invoices()
+        second["InvoiceNo"] = orjson.Fragment(b"1e400")  # broken in place: no balance time moves
+        w.fake.pay_invoice(ACME, second["Id"])
+        second["BalanceLastChangedDateTimeOffset"] = first["BalanceLastChangedDateTimeOffset"]
+        w.clock.advance(minutes=10)
+        await w.invoices()
+        standing = {r.entity: r.payload["field"] for r in await audit.failures(w.log)}
+        assert standing == {f"invoice:{first['Id']}": "Lines[0].Quantity", f"invoice:{second['Id']}": "InvoiceNo"}
+        third = [i for i in company.invoices.values() if i["VoucherType"] == "OutgoingInvoice"][2]
+        w.fake.pay_invoice(ACME, third["Id"])  # moves the cursor on: the two leave the overlap window
+        w.clock.advance(minutes=10)
+        await w.invoices()
+        w.clock.advance(minutes=15)
+        before = await w.log.max_position()
+        mark = len(w.fake.requests)
+        await w.invoices()  # nothing fixed yet: read again by id, nothing appended
+        assert await w.log.max_position() == before
+        queries = [r.query for r in w.fake.requests[mark:] if r.path.lower() == "/v2/outgoinginvoices"]
+        assert len(queries) == 2
+        assert "balanceLastChangedDateTimeOffsetGreaterThan=" in queries[0]
+        assert "invoiceIds=" in queries[1]
+        line["Quantity"] = quantity
+        second["InvoiceNo"] = number
+        w.clock.advance(minutes=15)
+        await w.invoices()
+        failures = await audit.failures(w.log)
+        latest = {e.entity: e.event for e in await w.events(InvoiceObserved.TYPE)}
+    assert failures == []
+    assert latest[f"invoice:{first['Id']}"].lines[0]["Quantity"] == quantity
+    assert latest[f"invoice:{second['Id']}"].invoice["InvoiceNo"] == number

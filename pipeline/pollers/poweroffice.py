@@ -16,7 +16,8 @@ Rules both pollers keep:
 - **One malformed record is its own problem.** A record the poller cannot read (no usable `Id`, a
   `ProductGroupId` that is not an id, a value the JSON parser refused, lines/customer/addresses of an invoice
   that would not parse) is appended as `observation.rejected`, naming the field and keeping the record; its
-  change time still moves the cursor, and every other record of the page flows. A record the poller can read
+  change time still moves the cursor, and every other record of the page flows. Rejected invoices are read
+  again by id on every poll (a fix to a line or a customer moves no balance time). A record the poller can read
   but the mapping cannot (a `Balance` of "n/a") is observed, with its details, and the projector records the
   `mapping.failed`.
 - **One transaction per page, cursor last.** Every page is appended in its own transaction; the last page's
@@ -409,18 +410,30 @@ async def poll_invoices(
     rejections = _Rejections(tenant, "invoice", INVOICES, "BalanceLastChangedDateTimeOffset")
 
     listed = [page async for page in client.outgoing_invoices(balance_changed_after=after)]
+    # A rejected invoice does not come back by itself: fixing a line or a customer moves no balance time. So the
+    # standing rejections are read again by id on every poll, and a fix in PowerOffice brings them back.
+    standing = await _standing_rejections(log, tenant)
+    listed_ids = {i.get("Id") for page in listed for i in page}
+    listed_ids |= {u.readable.get("Id") for page in listed for u in page.rejected}
+    retry = sorted(i for i in standing if i not in listed_ids)
+    again = await client.outgoing_invoices_by_ids(retry) if retry else None
+
     writer = _PageWriter(log)
     pages = seen = 0
-    for page in listed:
-        cursor.page(page)
+    for page in [*listed, *([again] if again is not None else [])]:
+        delta = page is not again  # a page read again by id says nothing about the cursor
+        if delta:
+            cursor.page(page)
         events: list[NewEvent] = []
         for item in page.rejected:
-            cursor.seen(item.readable, "BalanceLastChangedDateTimeOffset")
+            if delta:
+                cursor.seen(item.readable, "BalanceLastChangedDateTimeOffset")
             iid = _invoice_id(item.readable.get("Id"))
             events.append(rejections.unreadable(item, f"invoice:{iid}" if iid is not None else None))
         readable: list[JsonObject] = []
         for invoice in page:
-            cursor.seen(invoice, "BalanceLastChangedDateTimeOffset")
+            if delta:
+                cursor.seen(invoice, "BalanceLastChangedDateTimeOffset")
             if _invoice_id(invoice.get("Id")) is None:
                 shown = orjson.dumps(invoice.get("Id")).decode()[:60]
                 events.append(rejections.record(invoice, None, "Id", f"expected an invoice id (a uuid), got {shown}"))
@@ -441,12 +454,30 @@ async def poll_invoices(
             else:
                 event = InvoiceObserved(invoice=invoice, lines=[])
             key = dedupe_key(tenant.name, entity, changed.isoformat() if changed else None, to_dict(event))
+            if invoice["Id"] in standing:  # observed again after a rejection: not the same as before it
+                key += f"^{standing[invoice['Id']]}"
             events.append(NewEvent(tenant=tenant.name, entity=entity, event=event, dedupe_key=key))
         await writer.page(events)
         pages += 1
         seen += page.size
     requests = client.requests - requests_before
     return await _finish(writer, INVOICES_CURSOR, tenant, cursor, seen, pages, requests, rejections.count)
+
+
+async def _standing_rejections(log: EventLog, tenant: TenantSettings) -> dict[str, int]:
+    """Invoice id -> position of its rejection, for the rejected invoices not observed since (a few: one
+    indexed query for the rejections, one per rejected invoice)."""
+    out: dict[str, int] = {}
+    rejected = await log.latest([ObservationRejected.TYPE], tenant=tenant.name)
+    for (_, entity), stored in rejected.items():
+        iid = _invoice_id(entity.removeprefix("invoice:")) if entity.startswith("invoice:") else None
+        if iid is None:
+            continue
+        newer = await log.latest([InvoiceObserved.TYPE], tenant=tenant.name, entity=entity)
+        observed = newer.get((tenant.name, entity))
+        if observed is None or observed.position < stored.position:
+            out[iid] = stored.position
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,9 +494,11 @@ def _paths(prefix: str, item: Unreadable) -> str:
 
 
 async def _already_observed(log: EventLog, tenant: TenantSettings, invoice: JsonObject) -> bool:
-    """Whether the latest stored observation of this invoice has the same header and its details."""
+    """Whether the latest stored observation of this invoice has the same header and its details (and no
+    rejection came after it)."""
     entity = invoice_entity(invoice)
-    latest = (await log.latest([InvoiceObserved.TYPE], tenant=tenant.name, entity=entity)).get((tenant.name, entity))
+    types = [InvoiceObserved.TYPE, ObservationRejected.TYPE]
+    latest = (await log.latest(types, tenant=tenant.name, entity=entity)).get((tenant.name, entity))
     if latest is None or not isinstance(latest.event, InvoiceObserved):
         return False
     previous = latest.event
