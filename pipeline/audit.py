@@ -147,9 +147,9 @@ async def failures(log: EventLog, tenant: str | None = None) -> list[Row]:
         for key, e in mapping.items()
         if isinstance(e.event, MappingFailed) and key in observed and observed[key].position == e.event.source
     ]
-    # A rejected record stands until the record is observed (or rejected) again.
-    read = await log.latest([*OBSERVED_TYPES, ObservationRejected.TYPE], tenant=tenant)
-    rejected = [e for e in read.values() if isinstance(e.event, ObservationRejected)]
+    # A rejected record stands until the record is observed again.
+    rejections = await log.latest([ObservationRejected.TYPE], tenant=tenant)
+    rejected = [e for key, e in rejections.items() if key not in observed or observed[key].position < e.position]
     return [to_row(e) for e in sorted(out + failed_sources + rejected, key=lambda e: e.position)]
 
 
