@@ -3,7 +3,8 @@
 - `history`: everything that happened to one entity of a tenant, or to a source record and what it caused
   (`invoice:<id>` shows the observations, the order command they made and the order's outcomes);
 - `lineage`: the causation chain through one position, up to the observation and down to the outcomes;
-- `failures`: entities whose latest outcome is a failure (quarantined), and mapping failures not yet superseded;
+- `failures`: entities whose latest outcome is a failure (quarantined), mapping failures not yet superseded, and
+  records a poller rejected that have not been observed since;
 - `stats`: event counts per tenant and type;
 - `sql`: any read-only SQL against the log (the connection refuses writes).
 """
@@ -20,6 +21,7 @@ from pipeline.events import (
     CommandFailed,
     EntityRedriven,
     MappingFailed,
+    ObservationRejected,
     to_dict,
 )
 from pipeline.problems import standing_problems
@@ -81,6 +83,8 @@ def summarize(e: StoredEvent) -> str:
         return f"cannot map #{d['source']}: {d['field']}: {d['reason']}"
     if t == "observation.skipped":
         return f"no command for #{d['source']}: {d['reason']}"
+    if t == "observation.rejected":
+        return f"cannot read a {d['resource']} record: {d['field']}: {d['reason']}"
     if t == "entity.redriven":
         return f"re-driven by {d['by']}: {d['reason']}"
     if t == "replay.recorded":
@@ -132,14 +136,14 @@ async def lineage(log: EventLog, position: int) -> list[Row]:
 
 async def failures(log: EventLog, tenant: str | None = None) -> list[Row]:
     """Quarantined entities, entities whose latest outcome is a transient failure (not re-driven since), and
-    standing mapping failures (`pipeline.problems`), of one tenant or all."""
+    standing mapping failures and rejected records (`pipeline.problems`), of one tenant or all."""
     latest = await log.latest([*OUTCOME_TYPES, EntityRedriven.TYPE], tenant=tenant)
     found = {e.position: e for e in latest.values() if isinstance(e.event, CommandFailed) and not e.event.permanent}
-    with_failures = await log.latest([CommandFailed.TYPE, MappingFailed.TYPE], tenant=tenant)
+    with_failures = await log.latest([CommandFailed.TYPE, MappingFailed.TYPE, ObservationRejected.TYPE], tenant=tenant)
     tenants = sorted({t for t, _ in with_failures})
     for name in tenants:
         problems = await standing_problems(log, name)
-        found.update((e.position, e) for e in problems.quarantined + problems.mapping_failures)
+        found.update((e.position, e) for e in problems.quarantined + problems.mapping_failures + problems.rejected)
     return [to_row(e) for e in sorted(found.values(), key=lambda e: e.position)]
 
 

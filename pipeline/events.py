@@ -344,3 +344,22 @@ class ReplayRecorded(Event):
 OBSERVED_TYPES = (ProductObserved.TYPE, InvoiceObserved.TYPE, StockObserved.TYPE)
 COMMAND_TYPES = (ArticleUpsertRequested.TYPE, OrderUpsertRequested.TYPE, StockPatchRequested.TYPE)
 OUTCOME_TYPES = (CommandSucceeded.TYPE, CommandFailed.TYPE, CommandSkipped.TYPE)
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class ObservationRejected(Event):
+    """A record a poller read but could not take as an observation: no usable `Id`, a field the poller needs
+    (`ProductGroupId`, say) of the wrong type, a value the JSON parser refused, or details (lines, customer,
+    delivery addresses) that would not parse. `field` names the field(s) at fault. The record is kept: `record`
+    as it was read (only the members that parsed, when it would not parse) and `raw`, the text as received of
+    what would not parse (the record, or the line, customer or address of an invoice). It stands in
+    `audit failures` until the record is observed again."""
+
+    TYPE: ClassVar[str] = "observation.rejected"
+    FROM_JSON: ClassVar[bool] = True
+    resource: str
+    field: str
+    reason: str
+    record: JsonObject | None = None
+    raw: str | None = None

@@ -24,6 +24,7 @@ from pipeline.events import (
     CommandSucceeded,
     EntityRedriven,
     MappingFailed,
+    ObservationRejected,
 )
 
 
@@ -34,10 +35,16 @@ class StandingProblems:
     tenant: str
     quarantined: list[StoredEvent] = field(default_factory=list)
     mapping_failures: list[StoredEvent] = field(default_factory=list)
+    rejected: list[StoredEvent] = field(default_factory=list)
+
+    @property
+    def unmapped(self) -> int:
+        """Entities whose newest record cannot be read or mapped."""
+        return len(self.mapping_failures) + len(self.rejected)
 
     @property
     def count(self) -> int:
-        return len(self.quarantined) + len(self.mapping_failures)
+        return len(self.quarantined) + self.unmapped
 
     def __bool__(self) -> bool:
         return self.count > 0
@@ -86,6 +93,23 @@ async def mapping_failures(log: EventLog, tenant: str) -> list[StoredEvent]:
     return sorted(out, key=lambda e: e.position)
 
 
+async def rejections(log: EventLog, tenant: str) -> list[StoredEvent]:
+    """The standing `observation.rejected` of each entity of `tenant` (see the module docstring)."""
+    rejected = await log.latest([ObservationRejected.TYPE], tenant=tenant)
+    if not rejected:
+        return []
+    observed = await log.latest(OBSERVED_TYPES, tenant=tenant)
+    return sorted(
+        (e for key, e in rejected.items() if key not in observed or observed[key].position < e.position),
+        key=lambda e: e.position,
+    )
+
+
 async def standing_problems(log: EventLog, tenant: str) -> StandingProblems:
-    """Every entity of `tenant` that is quarantined or has a standing mapping failure now."""
-    return StandingProblems(tenant, await quarantined(log, tenant), await mapping_failures(log, tenant))
+    """Every entity of `tenant` that is quarantined, or has a standing mapping failure or rejection, now."""
+    return StandingProblems(
+        tenant,
+        await quarantined(log, tenant),
+        await mapping_failures(log, tenant),
+        await rejections(log, tenant),
+    )

@@ -429,7 +429,7 @@ class Runtime:
         # Standing problems, whenever they began (a quarantine from last week still fails `sync`).
         standing = await standing_problems(self.log, tenant.name)
         report.quarantined = len(standing.quarantined)
-        report.unmapped = len(standing.mapping_failures)
+        report.unmapped = standing.unmapped
 
     async def send(
         self, tenants: Sequence[TenantSettings] | None = None, *, expired: Expired | None = None

@@ -13,10 +13,11 @@ from urllib.parse import parse_qs
 import aiohttp
 import anyio
 import anyio.lowlevel
+import orjson
 import pytest
 
 from pipeline.clients.http import Attempts, RetryPolicy
-from pipeline.clients.poweroffice import PowerOfficeClient, TenantPowerOffice, number_ranges
+from pipeline.clients.poweroffice import Page, PowerOfficeClient, TenantPowerOffice, number_ranges
 from pipeline.clients.ratelimit import Grant, RateLimiter, max_in_window
 from pipeline.config import PowerOfficeSettings, Secret, TenantSettings
 from pipeline.errors import AuthError, PermanentApiError, TransientApiError
@@ -120,7 +121,7 @@ async def rig(
         yield Rig(fake, client, limiter, origin)
 
 
-async def all_pages(pages: AsyncIterator[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+async def all_pages(pages: AsyncIterator[Page]) -> list[Page]:
     return [page async for page in pages]
 
 
@@ -185,6 +186,10 @@ async def test_token_expiring_mid_run_is_renewed_once_and_the_page_retried() -> 
         ("GET", "/v2/products", 401),
         ("POST", "/oauth/token", 200),
         ("GET", "/v2/products", 200),
+        # The third page was full: paging goes on until a short page or a 204 (rule 5).
+        ("GET", "/v2/products", 401),
+        ("POST", "/oauth/token", 200),
+        ("GET", "/v2/products", 204),
     ]
 
 
@@ -228,6 +233,39 @@ async def test_a_second_401_after_renewal_is_an_auth_error() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("status", [401, 403])
+async def test_rule4_refused_access_on_a_read_is_an_auth_error(status: int) -> None:
+    """A 403 (a missing privilege or module) is the tenant's setup, like a 401 that a renewal does not cure:
+    both are an AuthError naming the tenant, so the runtime stops that tenant's stage and quarantines nothing."""
+    fake = make_fake()
+    fake.faults.add(Fault("status", status=status, body=b'{"Message":"denied"}'), path="/v2/products", times=None)
+    async with rig(fake) as r:
+        with pytest.raises(AuthError) as caught:
+            await all_pages(r.tenant().products())
+    assert caught.value.status == status
+    assert caught.value.tenant == "acme"
+    assert ACME not in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_rule12_a_page_with_one_unparsable_record_is_read_leniently() -> None:
+    """A literal NaN in one record makes orjson refuse the page; every other record still arrives as parsed,
+    and the bad one comes back as rejected, with its Id and the field named."""
+    fake = make_fake()
+    products = fake.company(ACME).products
+    bad_id = sorted(products)[3]
+    products[bad_id]["UnitPrice"] = orjson.Fragment(b"NaN")
+    async with rig(fake, page_size=10) as r:
+        pages = await all_pages(r.tenant().products())
+    assert [p.size for p in pages] == [10, 10, 10]
+    assert [p["Id"] for page in pages for p in page] == [i for i in sorted(products) if i != bad_id]
+    (rejected,) = pages[0].rejected
+    assert rejected.readable["Id"] == bad_id
+    assert rejected.fields == ("UnitPrice",)
+    assert '"UnitPrice":NaN' in rejected.raw
+
+
+@pytest.mark.anyio
 async def test_every_request_goes_through_the_limiter() -> None:
     """Token calls and API calls alike take a limiter slot under the tenant's name."""
     async with rig() as r:
@@ -241,8 +279,9 @@ async def test_every_request_goes_through_the_limiter() -> None:
 
 
 @pytest.mark.anyio
-async def test_three_pages_following_next_page_links() -> None:
-    """30 products in pages of 10: three requests, the last page has no nextPageLink so no fourth request."""
+async def test_three_full_pages_then_a_204() -> None:
+    """30 products in pages of 10: the last page is full, so a fourth request (a 204) proves the end, although
+    the header names no next page."""
     async with rig(page_size=10) as r:
         tenant = r.tenant()
         pages = await all_pages(tenant.products())
@@ -250,9 +289,55 @@ async def test_three_pages_following_next_page_links() -> None:
     assert [p["Id"] for page in pages for p in page] == sorted(r.fake.company(ACME).products)
     product_calls = [x for x in r.fake.requests if x.path.lower() == "/v2/products"]
     assert [parse_qs(x.query) for x in product_calls] == [
-        {"PageNumber": [str(n)], "PageSize": ["10"]} for n in (1, 2, 3)
+        {"PageNumber": [str(n)], "PageSize": ["10"]} for n in (1, 2, 3, 4)
     ]
-    assert tenant.requests == 4
+    assert [x.status for x in product_calls] == [200, 200, 200, 204]
+    assert tenant.requests == 5
+
+
+@pytest.mark.anyio
+async def test_rule5_header_without_next_page_link_does_not_end_paging() -> None:
+    """An X-Pagination header that never names a next page (seen from third parties) must not end paging on a
+    full page: every record is read, until a short page."""
+    fake = make_fake()
+    fake.pagination_links = False
+    async with rig(fake) as r:
+        pages = await all_pages(r.tenant().products(page_size=7))
+    assert [len(p) for p in pages] == [7, 7, 7, 7, 2]
+    assert [p["Id"] for page in pages for p in page] == sorted(fake.company(ACME).products)
+
+
+@pytest.mark.anyio
+async def test_rule5_a_server_capping_the_page_size_is_followed_by_its_links() -> None:
+    """A server that serves fewer records than asked, but says there is a next page, is read to the end."""
+    fake = make_fake()
+    fake.page_size_cap = 8
+    async with rig(fake) as r:
+        pages = await all_pages(r.tenant().products(page_size=20))
+    assert [len(p) for p in pages] == [8, 8, 8, 6]
+    assert [p["Id"] for page in pages for p in page] == sorted(fake.company(ACME).products)
+
+
+@pytest.mark.anyio
+async def test_rule5_a_server_ignoring_page_number_fails_instead_of_looping() -> None:
+    """The same full page again means the server ignores PageNumber: a clear error, not an endless read."""
+    fake = make_fake()
+    fake.pagination_header = False
+    async with rig(fake) as r:
+        body = orjson.dumps([{"Id": n} for n in range(10)])
+        fake.faults.add(Fault("status", status=200, body=body), path="/v2/products", times=None)
+        with pytest.raises(PermanentApiError, match="paging did not advance"):
+            await all_pages(r.tenant().products(page_size=10))
+
+
+@pytest.mark.anyio
+async def test_pages_carry_the_server_date() -> None:
+    """Each page carries the server's `Date` (whole seconds, from the fake's clock)."""
+    clock = WallClock()
+    clock.now = datetime(2026, 3, 2, 12, 0, 5, 750_000, tzinfo=UTC)
+    async with rig(make_fake(clock=clock)) as r:
+        pages = await all_pages(r.tenant().products())
+    assert pages[0].server_time == datetime(2026, 3, 2, 12, 0, 5, tzinfo=UTC)
 
 
 @pytest.mark.anyio

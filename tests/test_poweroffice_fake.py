@@ -237,6 +237,67 @@ async def test_pagination_header_can_be_switched_off() -> None:
 
 
 @pytest.mark.anyio
+async def test_pagination_header_without_links() -> None:
+    """`pagination_links = False` keeps the header (counts) but never names a next page: the variant that ends
+    paging early in a client trusting the header."""
+    fake = make_fake(default_page_size=12)
+    fake.pagination_links = False
+    async with running(fake) as (origin, session):
+        token = await token_for(session, origin)
+        _, headers, body = await fetch(session, origin + "/v2/Products", token)
+    meta = json.loads(headers["X-Pagination"])
+    assert meta["totalPages"] == 3
+    assert "nextPageLink" not in meta
+    assert len(orjson.loads(body)) == 12
+
+
+@pytest.mark.anyio
+async def test_page_size_cap_serves_fewer_records_and_links_on() -> None:
+    """`page_size_cap` serves fewer records than asked for; the header still links the next page."""
+    fake = make_fake()
+    fake.page_size_cap = 8
+    async with running(fake) as (origin, session):
+        token = await token_for(session, origin)
+        _, headers, body = await fetch(session, origin + "/v2/Products", token, PageSize="20")
+        _, _, second = await fetch(session, origin + "/v2/Products", token, PageSize="20", PageNumber="2")
+    assert len(orjson.loads(body)) == 8
+    assert "PageNumber=2" in json.loads(headers["X-Pagination"])["nextPageLink"]
+    ids = [p["Id"] for p in orjson.loads(body) + orjson.loads(second)]
+    assert ids == sorted(fake.company(CK1).products)[:16]
+
+
+@pytest.mark.anyio
+async def test_every_answer_carries_a_date_from_the_fake_clock() -> None:
+    """`Date` follows the fake's clock (whole seconds), on pages, 204s, errors and scripted faults alike."""
+    clock = WallClock(NOW + timedelta(seconds=7.9))
+    fake = make_fake(clock)
+    fake.faults.add(Fault("status", status=503), path="/v2/ProductGroups")
+    async with running(fake) as (origin, session):
+        token = await token_for(session, origin)
+        page = await fetch(session, origin + "/v2/Products", token)
+        empty = await fetch(session, origin + "/v2/Products", token, PageNumber="99")
+        missing = await fetch(session, origin + "/v2/Products/1", token)
+        faulted = await fetch(session, origin + "/v2/ProductGroups", token)
+    assert [page[0], empty[0], missing[0], faulted[0]] == [200, 204, 404, 503]
+    for _, headers, _ in (page, empty, missing, faulted):
+        assert headers["Date"] == "Mon, 02 Mar 2026 12:00:07 GMT"
+
+
+@pytest.mark.anyio
+async def test_raw_values_are_served_verbatim() -> None:
+    """An `orjson.Fragment` in a record is served as is: the page holds what a strict parser refuses."""
+    fake = make_fake()
+    product = fake.company(CK1).products[sorted(fake.company(CK1).products)[0]]
+    product["UnitPrice"] = orjson.Fragment(b"NaN")
+    async with running(fake) as (origin, session):
+        token = await token_for(session, origin)
+        _, _, body = await fetch(session, origin + "/v2/Products", token)
+    assert b'"UnitPrice":NaN' in body
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(body)
+
+
+@pytest.mark.anyio
 async def test_bad_resource_parameters_are_400_problems() -> None:
     """PageSize over 20,000 and OData $top give 400 ProblemDetails."""
     fake = make_fake()

@@ -3,132 +3,19 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from pipeline.clients.http import RetryPolicy
-from pipeline.clients.poweroffice import PowerOfficeClient, TenantPowerOffice, parse_timestamp
-from pipeline.clients.ratelimit import RateLimiter
-from pipeline.config import PowerOfficeSettings, Secret, TenantSettings
+from pipeline.clients.poweroffice import parse_timestamp
 from pipeline.errors import PermanentApiError, TransientApiError
-from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import InvoiceObserved, ProductObserved
 from pipeline.fakes.faults import Fault
-from pipeline.fakes.generate import generate_company
-from pipeline.fakes.poweroffice import FakePowerOffice, serve_poweroffice
-from pipeline.pollers.poweroffice import (
-    INVOICES_CURSOR,
-    INVOICES_SINCE,
-    PRODUCTS_CURSOR,
-    PollResult,
-    poll_invoices,
-    poll_products,
-)
-
-APP = "application-key-1"
-SUB = "subscription-key-1"
-ACME = "client-key-acme-0001"
-NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-OVERLAP = timedelta(minutes=5)
-
-
-class WallClock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
-@dataclass
-class World:
-    fake: FakePowerOffice
-    clock: WallClock
-    log: SqliteEventLog
-    client: TenantPowerOffice
-    tenant: TenantSettings
-
-    async def products(self) -> PollResult:
-        return await poll_products(self.log, self.client, self.tenant, overlap=OVERLAP, now=self.clock.now)
-
-    async def invoices(self, *, orders_since: datetime = NOW, overlap: timedelta = OVERLAP) -> PollResult:
-        return await poll_invoices(
-            self.log, self.client, self.tenant, overlap=overlap, now=self.clock.now, orders_since=orders_since
-        )
-
-    async def events(self, type_name: str) -> list[Any]:
-        return [e async for e in self.log.read(tenant=self.tenant.name, types=[type_name])]
-
-    async def per_entity(self, type_name: str) -> Counter[str]:
-        return Counter(e.entity for e in await self.events(type_name))
-
-    def requests_since(self, mark: int) -> list[str]:
-        return [r.path.lower() for r in self.fake.requests[mark:]]
-
-
-@asynccontextmanager
-async def world(
-    tmp_path: Path,
-    *,
-    page_size: int = 5000,
-    policy: RetryPolicy | None = None,
-    order_trigger: str = "paid",
-    orders_since: datetime | None = None,
-    **company: Any,
-) -> AsyncIterator[World]:
-    clock = WallClock()
-    # Tokens outlive the hours these tests jump the clock by; expiry has its own tests in test_poweroffice_client.
-    fake = FakePowerOffice(
-        application_key=APP, subscription_keys=[SUB], requests_per_second=1000, clock=clock, token_ttl=30 * 86400
-    )
-    sizes: dict[str, Any] = {"products": 25, "customers": 15, "invoices": 40}
-    sizes.update(company)
-    fake.add_company(ACME, generate_company(21, now=NOW, **sizes))
-    log = await SqliteEventLog.open(tmp_path / "events.db", clock=clock)
-    try:
-        async with serve_poweroffice(fake) as origin, aiohttp.ClientSession() as session:
-            settings = PowerOfficeSettings(
-                api_url=f"{origin}/v2",
-                token_url=f"{origin}/OAuth/Token",
-                application_key=Secret(APP),
-                subscription_key=Secret(SUB),
-                page_size=page_size,
-            )
-            client = PowerOfficeClient(
-                session, settings, RateLimiter(1000, window_margin=0), policy=policy or RetryPolicy()
-            )
-            tenant = TenantSettings(
-                name="acme",
-                poweroffice_client_key=Secret(ACME),
-                ongoing_goods_owner_id=1,
-                order_trigger=order_trigger,  # type: ignore[arg-type]
-                orders_since=orders_since,
-            )
-            yield World(fake, clock, log, client.for_tenant(tenant), tenant)
-    finally:
-        await log.close()
-
-
-def goods(w: World) -> list[str]:
-    """Codes of the company's stock products, oldest change first."""
-    products = [p for p in w.fake.company(ACME).products.values() if p["IsStockItem"]]
-    products.sort(key=lambda p: parse_timestamp(p["LastChangedDateTimeOffset"]))
-    return [p["Code"] for p in products]
-
-
-def latest_stamp(records: list[dict[str, Any]], field: str) -> str:
-    return max(parse_timestamp(r[field]) for r in records).isoformat()
-
+from pipeline.pollers.poweroffice import INVOICES_CURSOR, INVOICES_SINCE, PRODUCTS_CURSOR
+from tests.poweroffice_world import ACME, NOW, OVERLAP, World, goods, latest_stamp, world
 
 # --------------------------------------------------------------------------------------------------- products
 
@@ -171,15 +58,18 @@ async def test_records_sharing_the_cursor_timestamp_are_neither_lost_nor_duplica
     async with world(tmp_path) as w:
         await w.products()
         one, two, three = goods(w)[:3]
-        w.clock.advance(hours=1)
+        w.clock.now = NOW + timedelta(hours=1)
         w.fake.set_price(ACME, one, 11.0)
         w.fake.set_price(ACME, two, 12.0)
+        w.clock.now = NOW + timedelta(hours=1, minutes=10)  # the poll runs later: the server time caps nothing
         first = await w.products()
         stamp = await w.log.cursor(PRODUCTS_CURSOR, "acme")
         # A product saved in the same instant becomes visible only now; another changes a second later.
+        w.clock.now = NOW + timedelta(hours=1)
         late = w.fake.add_product(ACME, code="LATE-1", name="Sen vare")
         w.clock.advance(seconds=1)
         w.fake.set_price(ACME, three, 13.0)
+        w.clock.now = NOW + timedelta(hours=1, minutes=20)
         second = await w.products()
         counts = await w.per_entity(ProductObserved.TYPE)
         cursor = await w.log.cursor(PRODUCTS_CURSOR, "acme")
@@ -200,7 +90,9 @@ async def test_without_overlap_the_boundary_record_would_be_lost(tmp_path: Path)
         await w.products()
         w.clock.advance(hours=1)
         w.fake.set_price(ACME, goods(w)[0], 11.0)
+        w.clock.advance(minutes=10)
         await w.products()
+        w.clock.advance(minutes=-10)
         late = w.fake.add_product(ACME, code="LATE-1", name="Sen vare")
         cursor = parse_timestamp(str(await w.log.cursor(PRODUCTS_CURSOR, "acme")))
         pages = [page async for page in w.client.products(changed_after=cursor)]
@@ -239,15 +131,60 @@ async def test_stock_written_back_is_not_a_new_product_observation(tmp_path: Pat
 
 @pytest.mark.anyio
 async def test_cursor_comes_from_the_data_not_the_clock(tmp_path: Path) -> None:
-    """The cursor is the newest change seen, however late the poll runs; an absurd future stamp is ignored."""
+    """The cursor is the newest change seen, however late the poll runs."""
     async with world(tmp_path) as w:
-        odd = goods(w)[0]
-        w.fake.company(ACME).product_by_code(odd)["LastChangedDateTimeOffset"] = "2099-01-01T00:00:00.0000000Z"
         w.clock.advance(days=30)
         await w.products()
         cursor = await w.log.cursor(PRODUCTS_CURSOR, "acme")
-    sane = [p for p in w.fake.company(ACME).products.values() if p["Code"] != odd]
-    assert cursor == latest_stamp(sane, "LastChangedDateTimeOffset")
+    assert cursor == latest_stamp(list(w.fake.company(ACME).products.values()), "LastChangedDateTimeOffset")
+
+
+@pytest.mark.anyio
+async def test_rule6_a_future_change_time_is_kept_but_the_cursor_stops_at_the_server_time(tmp_path: Path) -> None:
+    """A product stamped in 2099 is observed with its stamp as it came, but the cursor stops at the server's
+    `Date` less the overlap; a product changed after that (in the server's time) is still read next poll."""
+    async with world(tmp_path) as w:
+        odd = goods(w)[0]
+        w.fake.company(ACME).product_by_code(odd)["LastChangedDateTimeOffset"] = "2099-01-01T00:00:00.0000000Z"
+        w.clock.advance(hours=1)
+        await w.products()
+        cursor = await w.log.cursor(PRODUCTS_CURSOR, "acme")
+        w.clock.advance(minutes=15)
+        later = goods(w)[1]
+        w.fake.set_price(ACME, later, 99.0)
+        second = await w.products()
+        observed = [e.event.product for e in await w.events(ProductObserved.TYPE)]
+    assert cursor == (NOW + timedelta(hours=1) - OVERLAP).isoformat()
+    stamps = [p["LastChangedDateTimeOffset"] for p in observed if p["Code"] == odd]
+    assert stamps == ["2099-01-01T00:00:00.0000000Z"]
+    assert second.observed == 1
+    assert [p["UnitPrice"] for p in observed if p["Code"] == later][-1] == 99.0
+
+
+@pytest.mark.anyio
+async def test_rule5_a_record_changed_while_the_poll_ran_is_read_next_time(tmp_path: Path) -> None:
+    """The cursor never passes the server time of the poll's first page less the overlap: a product changed on
+    the server while a long poll was still reading (stamped before the newest record seen, after the first
+    page was served) is read by the next poll."""
+    async with world(tmp_path, page_size=5) as w:
+        await w.products()
+        w.clock.advance(hours=1)
+        codes = goods(w)
+        w.fake.set_price(ACME, codes[0], 1.0)
+        w.clock.advance(minutes=10)
+        first_page_served = w.clock.now
+        w.clock.advance(minutes=10)  # the server's clock moves on while the poll reads
+        w.fake.set_price(ACME, codes[1], 2.0)  # lands on an already-read page, stamped after the first page
+        w.clock.advance(minutes=10)
+        w.fake.set_price(ACME, codes[2], 3.0)  # seen by this poll: the newest stamp it reads
+        w.clock.now = first_page_served
+        await w.products()
+        cursor = await w.log.cursor(PRODUCTS_CURSOR, "acme")
+        w.clock.advance(hours=1)
+        await w.products()
+        prices = {e.event.product["Code"]: e.event.product["UnitPrice"] for e in await w.events(ProductObserved.TYPE)}
+    assert cursor == (first_page_served - OVERLAP).isoformat()
+    assert [prices[c] for c in codes[:3]] == [1.0, 2.0, 3.0]
 
 
 @pytest.mark.anyio
@@ -260,6 +197,7 @@ async def test_a_poll_failing_halfway_leaves_the_cursor(tmp_path: Path) -> None:
         w.clock.advance(hours=1)
         for n, product in enumerate(list(w.fake.company(ACME).products.values())):
             w.fake.set_price(ACME, product["Code"], float(n))
+        w.clock.advance(minutes=10)
         w.fake.faults.add(Fault("status", status=400), path=r"/v2/products\?.*PageNumber=3")
         with pytest.raises(PermanentApiError):
             await w.products()
@@ -268,9 +206,9 @@ async def test_a_poll_failing_halfway_leaves_the_cursor(tmp_path: Path) -> None:
         result = await w.products()
         counts = await w.per_entity(ProductObserved.TYPE)
         after = await w.log.cursor(PRODUCTS_CURSOR, "acme")
-    # Page 1 was committed; page 2 was held back to go with the cursor, and the failure came first.
-    assert sum(partial.values()) == 25 + 5
-    assert result.observed == 20
+    # A delta's pages are all read before any is appended: the failure on page 3 stored nothing.
+    assert sum(partial.values()) == 25
+    assert result.observed == 25
     assert set(counts.values()) == {2}  # first sweep plus the price change, each once
     assert after == (NOW + timedelta(hours=1)).isoformat()
 
@@ -296,6 +234,7 @@ async def test_first_invoice_poll_starts_at_orders_since(tmp_path: Path) -> None
         paid = unpaid(w, 3)
         for invoice in paid:
             w.fake.pay_invoice(ACME, invoice["Id"])
+        w.clock.advance(minutes=10)
         mark = len(w.fake.requests)
         result = await w.invoices()
         events = await w.events(InvoiceObserved.TYPE)
@@ -456,13 +395,48 @@ async def test_payment_after_an_unpaid_observation_is_observed_with_details(tmp_
 
 
 @pytest.mark.anyio
-async def test_a_record_without_an_id_is_left_out_and_the_rest_flows(tmp_path: Path) -> None:
-    """A product with no Id cannot be an entity: it is logged and skipped; every other product is observed."""
+async def test_rule3_a_record_without_an_id_is_recorded_and_the_rest_flows(tmp_path: Path) -> None:
+    """A product with no Id cannot be an entity of its own: it is kept as a rejection (named by its content)
+    naming the field; every other product is observed. (More malformed records: test_poller_corpus.py.)"""
     async with world(tmp_path, products=6) as w:
         broken = next(iter(w.fake.company(ACME).products.values()))
         broken["Id"] = None
         result = await w.products()
         observed = await w.per_entity("product.observed")
-        assert len(observed) == 5
-        assert "product:None" not in observed
-        assert result.seen == 6
+        (rejected,) = await w.events("observation.rejected")
+    assert len(observed) == 5
+    assert result.seen == 6
+    assert result.rejected == 1
+    assert rejected.entity.startswith("product:?")
+    assert rejected.event.field == "Id"
+    assert rejected.event.record == broken
+
+
+@pytest.mark.anyio
+async def test_rule5_every_list_page_is_read_before_any_detail(tmp_path: Path) -> None:
+    """All invoice pages are read back to back, before any lines, customers or addresses; all product pages
+    of a delta before the groups. (A list read with other requests in between gives records more time to move
+    between pages.)"""
+    async with world(tmp_path, page_size=2) as w:
+        await w.products()
+        await w.invoices()
+        w.clock.advance(hours=1)
+        for invoice in unpaid(w, 7):
+            w.fake.pay_invoice(ACME, invoice["Id"])
+        for code in goods(w)[:7]:
+            w.fake.set_price(ACME, code, 5.0)
+        w.clock.advance(minutes=10)
+        mark = len(w.fake.requests)
+        products = await w.products()
+        product_calls = w.requests_since(mark)
+        mark = len(w.fake.requests)
+        invoices = await w.invoices()
+        invoice_calls = w.requests_since(mark)
+    assert (products.observed, invoices.observed) == (7, 7)
+    listed = [i for i, path in enumerate(product_calls) if path == "/v2/products"]
+    assert listed == list(range(len(listed)))
+    assert len(listed) >= 4
+    assert set(product_calls[len(listed) :]) == {"/v2/productgroups"}
+    listed = [i for i, path in enumerate(invoice_calls) if path == "/v2/outgoinginvoices"]
+    assert listed == list(range(4))  # 7 invoices in pages of 2
+    assert len(invoice_calls) > 4

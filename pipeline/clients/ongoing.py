@@ -33,6 +33,7 @@ import anyio
 import orjson
 
 from pipeline.clients.http import Attempts, Response, RetryPolicy, retrying, send
+from pipeline.clients.lenient_json import Page, parse_page
 from pipeline.config import OngoingSettings, TenantSettings
 from pipeline.errors import AuthError, PermanentApiError, TransientApiError, remember_secrets
 
@@ -253,8 +254,9 @@ class TenantOngoing:
         stock_changed_from: datetime | None = None,
         page_size: int = 1000,
         article_numbers: Sequence[str] = (),
-    ) -> AsyncIterator[list[dict[str, Any]]]:
-        """`GET /articles?goodsOwnerId=…`, paged by id: yields pages of GetArticleModel rows (with `inventoryInfo`).
+    ) -> AsyncIterator[Page]:
+        """`GET /articles?goodsOwnerId=…`, paged by id: yields pages of GetArticleModel rows (with `inventoryInfo`);
+        rows that would not parse are in each page's `rejected`.
 
         Paging follows NOTES §1: `articleSystemIdFrom` (inclusive) + `maxArticlesToGet`, ascending ids, the next
         cursor is the largest id seen + 1, and a short or empty page ends it. `article_numbers` narrows the search
@@ -272,7 +274,7 @@ class TenantOngoing:
 
     async def _article_pages(
         self, stock_changed_from: datetime | None, page_size: int, article_numbers: tuple[str, ...]
-    ) -> AsyncIterator[list[dict[str, Any]]]:
+    ) -> AsyncIterator[Page]:
         cursor = 1
         while True:
             params = [
@@ -283,16 +285,19 @@ class TenantOngoing:
             params += [("articleNumbers", number) for number in article_numbers]
             if stock_changed_from is not None:
                 params.append(("stockInfoChangedFrom", format_time(stock_changed_from)))
-            page = await self._call("GET", "/articles", self._array("GET", "/articles"), params=params)
-            if not page:
+            page = await self._call("GET", "/articles", self._page("GET", "/articles"), params=params)
+            if not page.size:
                 return
             yield page
-            if len(page) < page_size:
+            if page.size < page_size:
                 return
+            # Rows come in id order: the next page starts after the largest id read (from a row that would not
+            # parse too, when its id did). No id at all, or a server that ignored the cursor, would make paging
+            # loop forever.
             ids = [row.get("articleSystemId") for row in page]
-            # A row without an id, or a server that ignored the cursor, would make paging loop forever.
-            nxt = max((i for i in ids if isinstance(i, int)), default=0) + 1
-            if not all(isinstance(i, int) for i in ids) or nxt <= cursor:
+            ids += [item.readable.get("articleSystemId") for item in page.rejected]
+            nxt = max((i for i in ids if isinstance(i, int) and not isinstance(i, bool)), default=0) + 1
+            if nxt <= cursor:
                 raise PermanentApiError(
                     SYSTEM, "GET", "/articles", 200, "article paging did not advance", tenant=self.tenant.name
                 )
@@ -387,6 +392,20 @@ class TenantOngoing:
                     SYSTEM, method, path, response.status, "expected a JSON object", tenant=self.tenant.name
                 )
             return data
+
+        return parse
+
+    def _page(self, method: str, path: str) -> Callable[[Response], Page]:
+        """A list read, parsed leniently: a row the JSON parser refuses, or one that is not an object, is
+        returned in `rejected` while the rest of the page goes on (see `lenient_json`)."""
+
+        def parse(response: Response) -> Page:
+            try:
+                return parse_page(response.body)
+            except ValueError as exc:
+                raise TransientApiError(
+                    SYSTEM, method, path, response.status, str(exc), tenant=self.tenant.name
+                ) from exc
 
         return parse
 

@@ -12,9 +12,15 @@ Auth: OAuth2 client credentials. One token per client key, cached and renewed ah
 API call renews the token once and retries once; a second 401 is an `AuthError`. A token request refused with
 400/401/403 (`invalid_client`: wrong client key) is an `AuthError` naming the tenant, never the key.
 
-Lists: `PageNumber`/`PageSize`, bare JSON arrays, 204 = empty. The `X-Pagination` header's `nextPageLink` is
-followed when the header is present; without it, pages are read until a short page or a 204. Lists are
-streamed page by page, never collected whole (except the small batched look-ups).
+Lists: `PageNumber`/`PageSize`, bare JSON arrays, 204 = empty. Pages are numbered by us and read until a short
+page or a 204, whatever `X-Pagination` says: the header can only make us read one more page (a `nextPageLink` on
+a short page), never end paging early. A server that answers the same full page twice fails the read instead of
+looping. Each page is a `Page`: its records, the ones the lenient parser could not read (`rejected`, see
+`pipeline.clients.lenient_json`) and the server's `Date` (`server_time`). Lists are streamed page by page
+(except the small batched look-ups).
+
+Refused credentials are an `AuthError`: a token request refused with 400/401/403, a 401 again after a renewal,
+or a 403 on any call (a missing privilege or module subscription is the company's setup, not the record's).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -34,6 +41,8 @@ import anyio
 import orjson
 
 from pipeline.clients.http import Attempts, Response, RetryPolicy, retrying, send
+from pipeline.clients.lenient_json import Page as Page  # re-exported: the pages this client yields
+from pipeline.clients.lenient_json import parse_page
 from pipeline.clients.ratelimit import RateLimiter
 from pipeline.config import PowerOfficeSettings, TenantSettings
 from pipeline.errors import AuthError, PermanentApiError, RateLimitedError, remember_secrets
@@ -49,6 +58,20 @@ MAX_URL_LENGTH = 1800
 RENEW_AHEAD = 60.0
 
 JsonObject = dict[str, Any]
+
+
+def server_time(headers: Mapping[str, str]) -> datetime | None:
+    """The `Date` header as an aware UTC datetime; None when absent or unreadable."""
+    raw = next((v for k, v in headers.items() if k.lower() == "date"), None)
+    if not raw:
+        return None
+    try:
+        value = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -132,7 +155,6 @@ class PowerOfficeClient:
         self.policy = policy
         self.clock = clock
         self.api_url = settings.api_url.rstrip("/")
-        self._api_origin = _origin(self.api_url)
         self._api_path = urlsplit(self.api_url).path.rstrip("/")
         self._token_path = urlsplit(settings.token_url).path or "/"
         self._tokens: dict[str, _Token] = {}
@@ -270,6 +292,8 @@ class TenantPowerOffice:
             try:
                 return await self._send(method, url, path, **self._request_args(token, params, body, content_type))
             except PermanentApiError as exc:
+                if exc.status == 403 and not isinstance(exc, AuthError):
+                    raise self._refused(method, path, exc) from exc
                 if exc.status != 401:
                     raise
             # The server refused a token we held for valid (expired early, revoked): renew once, retry once.
@@ -277,6 +301,8 @@ class TenantPowerOffice:
             try:
                 return await self._send(method, url, path, **self._request_args(token, params, body, content_type))
             except PermanentApiError as exc:
+                if exc.status == 403 and not isinstance(exc, AuthError):
+                    raise self._refused(method, path, exc) from exc
                 if exc.status != 401:
                     raise
                 raise AuthError(
@@ -289,6 +315,16 @@ class TenantPowerOffice:
                 ) from exc
 
         return await retrying(client.policy, once, attempts)
+
+    def _refused(self, method: str, path: str, exc: PermanentApiError) -> AuthError:
+        return AuthError(
+            SYSTEM,
+            method,
+            path,
+            exc.status,
+            f"PowerOffice refused access for tenant {self.tenant.name!r} (privileges or subscription): {exc.detail}",
+            tenant=self.tenant.name,
+        )
 
     def _request_args(
         self, token: str, params: Mapping[str, str] | None, body: bytes | None, content_type: str | None
@@ -317,45 +353,56 @@ class TenantPowerOffice:
         *,
         page_size: int | None = None,
         attempts: Attempts | None = None,
-    ) -> AsyncIterator[list[JsonObject]]:
-        """Stream the pages of a list endpoint; an empty list yields nothing."""
+    ) -> AsyncIterator[Page]:
+        """Stream the pages of a list endpoint; an empty list yields nothing.
+
+        Pages are numbered by us and read until a short page (fewer elements than `PageSize`) or a 204, whatever
+        `X-Pagination` says: only a `nextPageLink` on a short page makes us read one more. Raises
+        PermanentApiError when the server answers the same full page again (it ignores `PageNumber`).
+        """
         size = page_size or self.client.settings.page_size
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {size}")
-        number = 1
         url, shown = self._url(path)
-        query: dict[str, str] | None = {**params, "PageNumber": "1", "PageSize": str(size)}
+        number = 1
+        previous: bytes | None = None
         while True:
+            query = {**params, "PageNumber": str(number), "PageSize": str(size)}
             response = await self._call("GET", url, shown, params=query, attempts=attempts)
             if response.status == 204 or not response.body.strip():
                 return
-            items = _json(response, "GET", shown, self.tenant.name)
-            if not isinstance(items, list):
+            page = self._page(response, shown)
+            if page.size == 0:
+                return
+            if response.body == previous:
                 raise PermanentApiError(
-                    SYSTEM, "GET", shown, response.status, "expected a JSON array", tenant=self.tenant.name
+                    SYSTEM, "GET", shown, response.status, "paging did not advance", tenant=self.tenant.name
                 )
-            if not items:
+            previous = response.body
+            yield page
+            if page.size < size and not _next_page_link(response.headers):
                 return
-            yield items
             number += 1
-            link = _next_page_link(response.headers)
-            if link is not None:  # the server paginates for us: trust it, also about where the end is
-                if not link:
-                    return
-                if _origin(link) == self.client._api_origin:
-                    url, shown, query = link, urlsplit(link).path, None
-                    continue
-                # Never send our token to another host: fall back to counting pages ourselves.
-                log.warning("ignoring nextPageLink to another origin for tenant %s", self.tenant.name)
-            if len(items) < size:
-                return
-            url, shown = self._url(path)
-            query = {**params, "PageNumber": str(number), "PageSize": str(size)}
 
-    async def _collect(self, path: str, params: Mapping[str, str], attempts: Attempts | None) -> list[JsonObject]:
-        out: list[JsonObject] = []
+    def _page(self, response: Response, shown: str) -> Page:
+        """A list answer as a Page; a body orjson refuses is parsed element by element (see `lenient_json`)."""
+        try:
+            page = parse_page(response.body, server_time(response.headers))
+        except ValueError as exc:
+            raise PermanentApiError(SYSTEM, "GET", shown, response.status, str(exc), tenant=self.tenant.name) from exc
+        if page.rejected:
+            log.warning(
+                "tenant %s: %d record(s) of a %s page could not be read; the rest of the page goes on",
+                self.tenant.name,
+                len(page.rejected),
+                shown,
+            )
+        return page
+
+    async def _collect(self, path: str, params: Mapping[str, str], attempts: Attempts | None) -> Page:
+        out = Page()
         async for page in self._pages(path, params, attempts=attempts):
-            out.extend(page)
+            _merge(out, page)
         return out
 
     def _value_budget(self, path: str, name: str) -> int:
@@ -372,7 +419,7 @@ class TenantPowerOffice:
         changed_after: datetime | None = None,
         page_size: int | None = None,
         attempts: Attempts | None = None,
-    ) -> AsyncIterator[list[JsonObject]]:
+    ) -> AsyncIterator[Page]:
         """`GET /Products`, page by page; with `changed_after`, only `LastChangedDateTimeOffset > changed_after`.
 
         Stock changes do not move `LastChangedDateTimeOffset`: this never reports them.
@@ -382,32 +429,28 @@ class TenantPowerOffice:
             params["lastChangedDateTimeOffsetGreaterThan"] = format_filter_time(changed_after)
         return self._pages("/Products", params, page_size=page_size, attempts=attempts)
 
-    def product_groups(self, *, attempts: Attempts | None = None) -> AsyncIterator[list[JsonObject]]:
+    def product_groups(self, *, attempts: Attempts | None = None) -> AsyncIterator[Page]:
         """`GET /ProductGroups`, page by page."""
         return self._pages("/ProductGroups", {}, attempts=attempts)
 
-    async def customers_by_numbers(
-        self, numbers: Iterable[int], *, attempts: Attempts | None = None
-    ) -> list[JsonObject]:
+    async def customers_by_numbers(self, numbers: Iterable[int], *, attempts: Attempts | None = None) -> Page:
         """The customers with these customer numbers (`Number`), in as few requests as the URL length allows.
 
         Numbers are sent as ranges (`10000-10005,10010`); unknown numbers are simply absent from the result.
         """
         tokens = number_ranges(int(n) for n in numbers)
-        out: list[JsonObject] = []
+        out = Page()
         for batch in _batches(tokens, self._value_budget("/Customers", "customerNos")):
-            out.extend(await self._collect("/Customers", {"customerNos": batch}, attempts))
+            _merge(out, await self._collect("/Customers", {"customerNos": batch}, attempts))
         return out
 
-    async def delivery_addresses(
-        self, contact_ids: Iterable[int], *, attempts: Attempts | None = None
-    ) -> list[JsonObject]:
+    async def delivery_addresses(self, contact_ids: Iterable[int], *, attempts: Attempts | None = None) -> Page:
         """`GET /ContactDeliveryAddresses?contactIds=…` for these contact (customer) ids, batched."""
         tokens = [str(i) for i in sorted({int(c) for c in contact_ids})]
         path = "/ContactDeliveryAddresses"
-        out: list[JsonObject] = []
+        out = Page()
         for batch in _batches(tokens, self._value_budget(path, "contactIds")):
-            out.extend(await self._collect(path, {"contactIds": batch}, attempts))
+            _merge(out, await self._collect(path, {"contactIds": batch}, attempts))
         return out
 
     def outgoing_invoices(
@@ -416,7 +459,7 @@ class TenantPowerOffice:
         balance_changed_after: datetime | None = None,
         page_size: int | None = None,
         attempts: Attempts | None = None,
-    ) -> AsyncIterator[list[JsonObject]]:
+    ) -> AsyncIterator[Page]:
         """`GET /OutgoingInvoices`, page by page; with `balance_changed_after`, only invoices whose
         `BalanceLastChangedDateTimeOffset` is later (new invoices and payment changes)."""
         params = {}
@@ -424,7 +467,16 @@ class TenantPowerOffice:
             params["balanceLastChangedDateTimeOffsetGreaterThan"] = format_filter_time(balance_changed_after)
         return self._pages("/OutgoingInvoices", params, page_size=page_size, attempts=attempts)
 
-    async def invoice_lines(self, invoice_id: str, *, attempts: Attempts | None = None) -> list[JsonObject]:
+    async def outgoing_invoices_by_ids(self, invoice_ids: Iterable[str], *, attempts: Attempts | None = None) -> Page:
+        """`GET /OutgoingInvoices?invoiceIds=…`: these invoices (those that exist), in as few requests as the URL
+        length allows."""
+        tokens = sorted(set(invoice_ids))
+        out = Page()
+        for batch in _batches(tokens, self._value_budget("/OutgoingInvoices", "invoiceIds")):
+            _merge(out, await self._collect("/OutgoingInvoices", {"invoiceIds": batch}, attempts))
+        return out
+
+    async def invoice_lines(self, invoice_id: str, *, attempts: Attempts | None = None) -> Page:
         """`GET /OutgoingInvoices/{id}/Lines`: every line of one invoice (empty for an invoice without lines).
 
         Raises PermanentApiError (404) when the invoice does not exist.
@@ -470,6 +522,13 @@ def _json(response: Response, method: str, path: str, tenant: str) -> Any:
         ) from exc
 
 
+def _merge(into: Page, page: Page) -> None:
+    into.extend(page)
+    into.rejected.extend(page.rejected)
+    if into.server_time is None:
+        into.server_time = page.server_time
+
+
 def _next_page_link(headers: Mapping[str, str]) -> str | None:
     """`nextPageLink` from `X-Pagination`: None when the header is absent or unreadable, "" when it has none."""
     raw = next((v for k, v in headers.items() if k.lower() == "x-pagination"), None)
@@ -484,8 +543,3 @@ def _next_page_link(headers: Mapping[str, str]) -> str | None:
     folded = {str(k).lower(): v for k, v in data.items()}
     link = folded.get("nextpagelink")
     return link if isinstance(link, str) else ""
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()

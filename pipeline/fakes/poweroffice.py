@@ -10,8 +10,13 @@ What it does like the real one:
 - **Several companies**, one per client key, each with its own data (`Company` from `pipeline.fakes.generate`).
 - **Lists**: `PageNumber` (from 1) / `PageSize` (default `default_page_size`, at most 20,000), bare PascalCase
   arrays, **204 with an empty body when empty**, an `X-Pagination` header with `nextPageLink` (absent on the
-  last page; switch the header off with `pagination_header = False`). `$top`/`$skip` → 400. URLs longer than
-  `max_url_length` → a misleading 404, as reported for the real gateway.
+  last page; switch the header off with `pagination_header = False`, or keep it without links with
+  `pagination_links = False`; `page_size_cap` serves fewer records per page than asked, links still pointing
+  on). `$top`/`$skip` → 400. URLs longer than `max_url_length` → a misleading 404, as reported for the real
+  gateway.
+- **`Date`** on every answer, from the fake's `clock` (HTTP dates have whole seconds).
+- **Raw values**: an `orjson.Fragment` stored in a record field is served verbatim, so a test can make a page
+  carry what a real server once sent and a strict parser refuses (`NaN`, `1e400`, a lone surrogate).
 - **Change filters are strictly `>`**, with the real traps: a stock change moves only
   `StockOnHandLastChangedDatetimeOffset` (not `LastChangedDateTimeOffset`); an address change does not move the
   customer's `LastChangedDateTimeOffset`; a payment moves `Balance` and `BalanceLastChangedDateTimeOffset`.
@@ -42,6 +47,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mappi
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import orjson
@@ -132,6 +138,8 @@ class FakePowerOffice:
         self.clock = clock
         self.monotonic = monotonic
         self.pagination_header = True
+        self.pagination_links = True
+        self.page_size_cap: int | None = None
         self.max_url_length = 2000
         self.requests: list[LoggedRequest] = []
         self.faults = FaultScript()
@@ -299,6 +307,8 @@ class FakePowerOffice:
         try:
             response = await apply_fault(fault, request, self._serve)
             status = response.status
+            if not response.prepared:
+                response.headers["Date"] = format_datetime(self.clock().astimezone(UTC), usegmt=True)
             return response
         finally:
             self.requests.append(
@@ -456,6 +466,8 @@ class FakePowerOffice:
                 "Invalid resourceParameter",
                 f"PageSize must be between 1 and {MAX_PAGE_SIZE}, PageNumber at least 1.",
             )
+        if self.page_size_cap is not None:
+            size = min(size, self.page_size_cap)
         chunk = items[(number - 1) * size : number * size]
         if not chunk:
             return web.Response(status=204)
@@ -467,9 +479,9 @@ class FakePowerOffice:
         if self.pagination_header:
             pages = math.ceil(len(items) / size)
             meta: JsonObject = {"totalCount": len(items), "pageSize": size, "currentPage": number, "totalPages": pages}
-            if number > 1:
+            if number > 1 and self.pagination_links:
                 meta["previousPageLink"] = _page_link(request, number - 1)
-            if number < pages:
+            if number < pages and self.pagination_links:
                 meta["nextPageLink"] = _page_link(request, number + 1)
             headers["X-Pagination"] = orjson.dumps(meta).decode()
         return _json(chunk, headers=headers)

@@ -8,6 +8,10 @@ that filter older than 24 hours, so a delta that would need it falls back to a f
 An observation is appended only when one of the stock figures differs from the article's previous observation;
 each page of observations and the cursor move are one append, and the cursor is written only by the last page
 of a successful poll, so a failed poll moves nothing.
+
+A row the poller cannot read (no `articleNumber`, no `inventoryInfo` object, or a row the JSON parser refused)
+is appended as `observation.rejected` naming the field, once per distinct row; the rest of the page flows.
+A refusal of the credentials (401/403) is the client's `AuthError`: the poll moves nothing.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from typing import Any, Protocol
 
 import orjson
 
+from pipeline.clients.lenient_json import Page
 from pipeline.config import TenantSettings
 from pipeline.eventlog.base import EventLog, NewEvent, StoredEvent
-from pipeline.events import StockObserved
+from pipeline.events import ObservationRejected, StockObserved
 
 CURSOR = "ongoing.stock"
+RESOURCE = "articles"
 MAX_DELTA_AGE = timedelta(hours=24)
 # Stay clear of Ongoing's 24 h limit: a delta whose start is within this margin of it becomes a full sweep.
 DELTA_MARGIN = timedelta(minutes=30)
@@ -38,9 +44,7 @@ FIGURES = (
 
 
 class StockSource(Protocol):
-    def articles(
-        self, *, stock_changed_from: datetime | None = None, page_size: int = 1000
-    ) -> AsyncIterator[list[dict[str, Any]]]: ...
+    def articles(self, *, stock_changed_from: datetime | None = None, page_size: int = 1000) -> AsyncIterator[Page]: ...
 
 
 @dataclass
@@ -49,6 +53,7 @@ class StockPollResult:
     unchanged: int = 0
     rows: int = 0
     full_sweep: bool = False
+    rejected: int = 0
 
 
 def _figures(inventory: dict[str, Any]) -> dict[str, Any]:
@@ -84,9 +89,10 @@ async def poll_stock(
         or now - since >= MAX_DELTA_AGE - DELTA_MARGIN
     )
     result = StockPollResult(full_sweep=full)
-    previous: dict[str, StoredEvent] = {
-        entity: e for (_, entity), e in (await log.latest([StockObserved.TYPE], tenant=tenant.name)).items()
-    }
+    # The latest observation or rejection per article: a row read again after a rejection is observed even
+    # when its figures equal the last observation's, so the rejection stops standing.
+    latest = await log.latest([StockObserved.TYPE, ObservationRejected.TYPE], tenant=tenant.name)
+    previous: dict[str, StoredEvent] = {entity: e for (_, entity), e in latest.items()}
     full_mark = now if full or full_at is None else full_at
     cursor_value = orjson.dumps({"full_at": full_mark.isoformat(), "polled_at": now.isoformat()}).decode()
     pending: list[NewEvent] = []
@@ -94,20 +100,29 @@ async def poll_stock(
         if pending:
             await log.append(pending)
             pending = []
+        for item in page.rejected:
+            result.rows += 1
+            result.rejected += 1
+            rejection = ObservationRejected(RESOURCE, item.field, item.reason, item.readable, item.raw)
+            pending.append(_rejected(tenant, item.readable.get("articleNumber"), rejection, item.raw, previous))
         for row in page:
             result.rows += 1
             number = row.get("articleNumber")
             inventory = row.get("inventoryInfo")
-            if not isinstance(number, str) or not isinstance(inventory, dict):
+            if not isinstance(number, str) or not number.strip() or not isinstance(inventory, dict):
+                field = "inventoryInfo" if isinstance(number, str) and number.strip() else "articleNumber"
+                shown = orjson.dumps(row.get(field)).decode()[:60]
+                result.rejected += 1
+                rejection = ObservationRejected(RESOURCE, field, f"cannot read {field} {shown}", row)
+                pending.append(_rejected(tenant, number, rejection, row, previous))
                 continue
             entity = f"stock:{number}"
             figures = _figures(inventory)
             before = previous.get(entity)
-            if before is not None:
-                assert isinstance(before.event, StockObserved)
-                if _figures(before.event.inventory) == figures:
-                    result.unchanged += 1
-                    continue
+            last = before.event if before is not None else None
+            if isinstance(last, StockObserved) and _figures(last.inventory) == figures:
+                result.unchanged += 1
+                continue
             digest = hashlib.sha256(orjson.dumps(figures, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
             after = before.position if before is not None else 0
             event = StockObserved(number, _int(row.get("articleSystemId")), inventory)
@@ -120,3 +135,19 @@ async def poll_stock(
 
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _rejected(
+    tenant: TenantSettings,
+    number: object,
+    event: ObservationRejected,
+    content: object,
+    previous: dict[str, StoredEvent],
+) -> NewEvent:
+    """A rejection under `stock:<number>` (or a name made from the row when it has none), keyed by content and
+    the article's previous event, so the same broken row read again adds nothing."""
+    digest = hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
+    entity = f"stock:{number}" if isinstance(number, str) and number.strip() else f"stock:?{digest[:12]}"
+    before = previous.get(entity)
+    after = before.position if before is not None and not isinstance(before.event, ObservationRejected) else 0
+    return NewEvent(tenant.name, entity, event, f"{tenant.name}/{entity}/{after}/rejected#{digest}")
