@@ -241,16 +241,11 @@ async def test_unknown_article_on_an_order_quarantines_that_order_only(world: Wo
     assert isinstance(await world.last(good), CommandSucceeded)
 
     fixed = await world.add(order_cmd(ACME, "inv-1", "O1", [("A1", 1)]))
-    summary = await world.run()
-    assert (summary.delivered, summary.waiting) == (0, 1)  # held by the quarantine, not sent
-    assert world.fake.order(ACME, "O1") is None
-    assert await world.unanswered() == [fixed]
-
-    await world.log.append([NewEvent("acme", "order:inv-1", EntityRedriven("article added", "ops"), "redrive-1")])
-    summary = await world.run()
+    summary = await world.run()  # a new command for the quarantined order is tried, and ends the quarantine
     assert (summary.delivered, summary.waiting, summary.tenants["acme"].quarantined) == (1, 0, 0)
     assert isinstance(await world.last(fixed), CommandSucceeded)
     assert world.fake.creations(ACME, "O1") == 1
+    assert await world.unanswered() == []
 
 
 async def test_order_started_in_the_warehouse_is_never_changed(world: World) -> None:
@@ -425,7 +420,8 @@ async def test_transient_failure_past_the_retries_is_retried_next_run(world: Wor
 
 
 async def test_permanent_400_quarantines_one_article_while_the_others_are_delivered(world: World) -> None:
-    """A 400 quarantines its article: later versions wait (not sent), the others flow, a re-drive releases it."""
+    """A 400 quarantines its article and its order waits (not sent), the others flow; with nothing new, later
+    runs send nothing; a re-drive sends the failed command again and the order follows in the same run."""
     world.fake.faults.add(
         Fault("status", status=400, body=b'{"Message":"The request is invalid."}'), method="PUT", path="/articles"
     )
@@ -441,21 +437,19 @@ async def test_permanent_400_quarantines_one_article_while_the_others_are_delive
     assert (failed.status, failed.attempts) == (400, 1)
     assert "The request is invalid." in failed.message
 
-    a1v2 = await world.add(article_cmd(ACME, "A1", "fixed"))
     writes = len(world.fake.writes())
     summary = await world.run()
-    assert (summary.delivered, summary.waiting, summary.tenants["acme"].quarantined) == (0, 2, 1)
+    assert (summary.delivered, summary.waiting, summary.tenants["acme"].quarantined) == (0, 1, 1)
     assert len(world.fake.writes()) == writes
-    assert sorted(await world.unanswered()) == [o1, a1v2]
+    assert await world.unanswered() == [o1]
 
     await world.log.append([NewEvent("acme", "article:A1", EntityRedriven("fixed", "ops"), "redrive-a1")])
     summary = await world.run()
     assert (summary.delivered, summary.waiting, summary.failed) == (2, 0, 0)
-    stored = world.fake.article(ACME, "A1")
-    assert stored is not None
-    assert stored["articleName"] == "fixed"
+    assert summary.tenants["acme"].quarantined == 0
+    assert isinstance(await world.last(a1), CommandSucceeded)
     assert await world.unanswered() == []
-    assert await world.log.checkpoint(STAGE, "acme") >= a1v2
+    assert await world.log.checkpoint(STAGE, "acme") >= o1
 
 
 async def test_redrive_of_a_healthy_entity_is_a_recorded_skip(world: World) -> None:
@@ -527,3 +521,164 @@ async def test_stock_write_back_goes_through_the_one_poweroffice_limiter(tmp_pat
             assert len(fake.requests) == before
     finally:
         await log.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 8: no silent loss (each test failed on the code before the sender's plan)
+
+
+async def test_rule1_new_commands_for_a_quarantined_entity_are_tried_and_none_is_lost(world: World) -> None:
+    """Quarantined, then two new commands in one window: the older is superseded, the newest is sent, nothing is
+    left without an outcome, and the checkpoint never passes a command without one."""
+    world.fake.faults.add(Fault("status", status=400), method="PUT", path="/articles")
+    a1 = await world.add(article_cmd(ACME, "A1", "broken"))
+    summary = await world.run()
+    assert (summary.failed, summary.tenants["acme"].quarantined) == (1, 1)
+    assert isinstance(await world.last(a1), CommandFailed)
+
+    v2 = await world.add(article_cmd(ACME, "A1", "two"))
+    v3 = await world.add(article_cmd(ACME, "A1", "three"))
+    summary = await world.run()
+    assert await world.last(v2) == CommandSkipped(v2, f"superseded by the command at {v3}")
+    assert isinstance(await world.last(v3), CommandSucceeded)
+    assert (summary.delivered, summary.tenants["acme"].quarantined) == (1, 0)
+    stored = world.fake.article(ACME, "A1")
+    assert stored is not None
+    assert stored["articleName"] == "three"
+    assert await world.unanswered() == []
+
+
+async def test_rule1_superseded_skip_never_ends_quarantine(world: World) -> None:
+    """A quarantined entity whose newest command fails again stays quarantined, though its older one was skipped."""
+    world.fake.faults.add(Fault("status", status=400), method="PUT", path="/articles", times=2)
+    await world.add(article_cmd(ACME, "A1", "broken"))
+    await world.run()
+    await world.add(article_cmd(ACME, "A1", "two"))
+    v3 = await world.add(article_cmd(ACME, "A1", "three"))
+    summary = await world.run()
+    assert (summary.failed, summary.skipped, summary.tenants["acme"].quarantined) == (1, 1, 1)
+    failed = await world.last(v3)
+    assert isinstance(failed, CommandFailed)
+    assert failed.permanent
+    summary = await world.run()  # nothing new: still quarantined, nothing sent
+    assert (summary.tenants["acme"].quarantined, len(world.fake.writes())) == (1, 2)
+
+
+async def test_rule2_a_write_applied_but_answered_5xx_is_not_taken_as_delivered(world: World) -> None:
+    """Delivered "five", then "seven" applied by Ongoing but answered 503, then back to "five": "five" is sent."""
+    await world.add(article_cmd(ACME, "A1", "five"))
+    await world.run()
+    world.fake.after_apply.add(Fault("status", status=503), method="PUT", path="/articles", times=3)
+    seven = await world.add(article_cmd(ACME, "A1", "seven"))
+    summary = await world.run()
+    failed = await world.last(seven)
+    assert isinstance(failed, CommandFailed)
+    assert not failed.permanent
+    stored = world.fake.article(ACME, "A1")
+    assert stored is not None
+    assert stored["articleName"] == "seven"  # applied, though the answer said otherwise
+
+    back = await world.add(article_cmd(ACME, "A1", "five"))
+    summary = await world.run()
+    assert (summary.delivered, summary.skipped) == (1, 1)  # "seven", which is no longer due, is superseded
+    assert await world.last(seven) == CommandSkipped(seven, f"superseded by the command at {back}")
+    assert isinstance(await world.last(back), CommandSucceeded)
+    stored = world.fake.article(ACME, "A1")
+    assert stored is not None
+    assert stored["articleName"] == "five"
+    again = await world.add(article_cmd(ACME, "A1", "five"))
+    summary = await world.run()
+    assert await world.last(again) == CommandSkipped(again, f"identical to the command at {back}, which was delivered")
+
+
+async def test_rule4_refused_credentials_on_a_write_stop_the_tenant_and_quarantine_nothing(world: World) -> None:
+    """A 401 on a write stops that tenant's lane for the run: no outcome, no quarantine, the refusal reported for
+    the tenant; once the password is right again the next run delivers everything without a re-drive."""
+    world.tenants = [tenant("acme", ACME), tenant("beta", BETA)]
+    world.fake.goods_owner_credentials = {ACME: ("acme-user", "new-password")}
+    for name, owner in (("acme", ACME), ("beta", BETA)):
+        await world.add(article_cmd(owner, "A1"), name)
+        await world.add(article_cmd(owner, "A2"), name)
+        await world.add(order_cmd(owner, f"inv-{name}", "O1", [("A1", 1)]), name)
+    summary = await world.run()
+    acme, beta = summary.tenants["acme"], summary.tenants["beta"]
+    assert acme.refused is not None
+    assert "credentials" in acme.refused
+    assert "pw" not in acme.refused
+    assert (acme.delivered, acme.failed, acme.quarantined) == (0, 0, 0)
+    assert len(world.fake.writes(ACME)) == 1  # the first refusal stops the lane
+    assert (beta.delivered, beta.refused) == (3, None)
+    assert len(await world.unanswered()) == 3
+
+    world.fake.goods_owner_credentials = {}
+    summary = await world.run()
+    assert (summary.tenants["acme"].delivered, summary.tenants["acme"].refused) == (3, None)
+    assert await world.unanswered() == []
+    assert world.fake.creations(ACME, "O1") == 1
+
+
+@pytest.mark.parametrize("theirs", [pytest.param("", id="empty"), pytest.param(None, id="missing")])
+async def test_rule10_an_order_the_pipeline_did_not_make_is_never_overwritten(world: World, theirs: Any) -> None:
+    """An Ongoing order with our number but an empty or missing goodsOwnerOrderId fails permanently, naming it."""
+    await world.add(article_cmd(ACME, "A1"))
+    await world.run()
+    body: dict[str, Any] = dict(order_body(ACME, "O1", [("A1", 7)], invoice_id="x"))
+    if theirs is None:
+        del body["goodsOwnerOrderId"]
+    else:
+        body["goodsOwnerOrderId"] = theirs
+    await world.client.for_tenant(world.tenants[0]).put_order(body)
+    ours = await world.add(order_cmd(ACME, "inv-1", "O1", [("A1", 1)]))
+    summary = await world.run()
+    assert (summary.failed, summary.tenants["acme"].quarantined) == (1, 1)
+    failed = await world.last(ours)
+    assert isinstance(failed, CommandFailed)
+    assert failed.permanent
+    assert "order number O1 already belongs to another order" in failed.message
+    assert "'inv-1'" in failed.message
+    order = world.fake.order(ACME, "O1")
+    assert order is not None
+    assert order["orderLines"][0]["orderedNumberOfItems"] == 7.0
+
+
+async def test_rule9_an_order_waits_naming_its_quarantined_article_and_goes_once_it_is_delivered(
+    world: World,
+) -> None:
+    """An order whose article failed (quarantined, never delivered) waits and says which article; a later run
+    that delivers the article sends the order."""
+    world.fake.faults.add(Fault("status", status=400), method="PUT", path="/articles")
+    await world.add(article_cmd(ACME, "A1", "broken"))
+    order = await world.add(order_cmd(ACME, "inv-1", "O1", [("A1", 1)]))
+    summary = await world.run()
+    acme = summary.tenants["acme"]
+    assert (acme.failed, acme.waiting, acme.quarantined) == (1, 1, 1)
+    assert "article:A1" in acme.waits["order:inv-1"]
+    assert await world.log.checkpoint(STAGE, "acme") < order
+
+    summary = await world.run()  # nothing changed: still waiting, still named, nothing written
+    assert summary.tenants["acme"].waiting == 1
+    assert "article:A1" in summary.tenants["acme"].waits["order:inv-1"]
+    assert world.fake.order(ACME, "O1") is None
+
+    await world.add(article_cmd(ACME, "A1", "fixed"))
+    summary = await world.run()
+    assert (summary.delivered, summary.waiting, summary.tenants["acme"].quarantined) == (2, 0, 0)
+    assert summary.tenants["acme"].waits == {}
+    assert isinstance(await world.last(order), CommandSucceeded)
+    assert world.fake.creations(ACME, "O1") == 1
+
+
+async def test_rule9_an_order_waits_while_its_delivered_article_is_quarantined(world: World) -> None:
+    """An article delivered once and then quarantined holds new orders until it is delivered again."""
+    await world.add(article_cmd(ACME, "A1"))
+    await world.run()
+    world.fake.faults.add(Fault("status", status=400), method="PUT", path="/articles")
+    await world.add(article_cmd(ACME, "A1", "bad"))
+    order = await world.add(order_cmd(ACME, "inv-1", "O1", [("A1", 1)]))
+    summary = await world.run()
+    assert (summary.failed, summary.waiting) == (1, 1)
+    assert "article:A1" in summary.tenants["acme"].waits["order:inv-1"]
+    await world.log.append([NewEvent("acme", "article:A1", EntityRedriven("fixed in Ongoing", "ops"), "redrive")])
+    summary = await world.run()
+    assert (summary.delivered, summary.waiting) == (2, 0)
+    assert isinstance(await world.last(order), CommandSucceeded)

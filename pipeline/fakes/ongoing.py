@@ -22,7 +22,9 @@ What it does (paths are under `/{warehouse}/api/v1`):
   `GET /orders/{id}`, `GET /orders/statuses`.
 - Every request is logged (`requests`, `OngoingRequest` with arrival and end times, goods owner and entity), the
   shared `FaultScript` is applied before anything else, and `hold()` can park the answer to a write after it was
-  applied (to kill a client between the server's work and its reading the answer).
+  applied (to kill a client between the server's work and its reading the answer). `after_apply`, a second
+  `FaultScript`, replaces the answer of a write that *was applied* (a 5xx, a hang past the client's timeout, a
+  dropped connection): the server did the work, the client hears it failed.
 - `validator`, when given, checks every write body (e.g. against the published JSON schemas in the tests): a
   violation is answered 400 and recorded in `schema_violations`.
 """
@@ -189,6 +191,7 @@ class FakeOngoing:
         self.clock = clock
         self.validator = validator
         self.faults = FaultScript()
+        self.after_apply = FaultScript()  # faults on the answer of a write that was applied
         self.requests: list[OngoingRequest] = []
         self.schema_violations: list[str] = []
         self.holds: list[Hold] = []
@@ -427,6 +430,15 @@ class FakeOngoing:
             owner.in_flight -= 1
         info["ended"] = self._monotonic()
         await self._maybe_hold(request, info["entity"])
+        lost = self.after_apply.take(request.method, request.path)
+        if lost is not None:
+
+            async def applied(_request: web.Request) -> web.StreamResponse:
+                return response
+
+            answer = await apply_fault(lost, request, applied)
+            assert isinstance(answer, web.Response)
+            return answer
         return response
 
     async def _maybe_hold(self, request: web.Request, entity: str) -> None:

@@ -24,7 +24,7 @@ from pipeline.clients.ongoing import WAREHOUSE_STARTED_STATUS, order_status
 from pipeline.config import TenantSettings
 from pipeline.errors import ApiError, AuthError, PermanentApiError
 from pipeline.eventlog.base import StoredEvent
-from pipeline.events import ArticleUpsertRequested, OrderUpsertRequested
+from pipeline.events import ArticleUpsertRequested, Event, OrderUpsertRequested
 from pipeline.senders.base import Delivered, Fail, LaneView, Result, Skip, Stage
 
 
@@ -59,11 +59,19 @@ class OngoingStage(Stage):
             self._targets[tenant.name] = self._make_target(tenant)
         return self._targets[tenant.name]
 
-    def blockers(self, command: StoredEvent, view: LaneView) -> set[str]:
-        event = command.event
-        if not isinstance(event, OrderUpsertRequested):
-            return set()
-        return {article_entity(n) for n in event.article_numbers if article_entity(n) not in view.delivered}
+    def needs(self, command: Event) -> tuple[str, ...]:
+        if not isinstance(command, OrderUpsertRequested):
+            return ()
+        return tuple(article_entity(n) for n in command.article_numbers)
+
+    def identical(self, new: StoredEvent, last: StoredEvent) -> str | None:
+        if (
+            isinstance(new.event, ArticleUpsertRequested)
+            and isinstance(last.event, ArticleUpsertRequested)
+            and new.event.body == last.event.body
+        ):
+            return f"identical to the command at {last.position}, which was delivered"
+        return None
 
     async def deliver(self, command: StoredEvent, view: LaneView, attempts: Attempts) -> Result:
         event = command.event
@@ -82,13 +90,6 @@ class OngoingStage(Stage):
         target: OngoingTarget,
         attempts: Attempts,
     ) -> Result:
-        previous = await view.delivered_command(command.entity)
-        if (
-            previous is not None
-            and isinstance(previous.event, ArticleUpsertRequested)
-            and previous.event.body == event.body
-        ):
-            return Skip(f"identical to the command at {previous.position}, which was delivered")
         answer = await target.put_article(event.body, attempts=attempts)
         return Delivered(
             {"articleSystemId": answer.get("articleSystemId"), "articleNumber": event.body.get("articleNumber")},
@@ -118,12 +119,14 @@ class OngoingStage(Stage):
             started = _started(existing, number)
             if started:
                 return Skip(started)
-            theirs = (existing.get("orderInfo") or {}).get("goodsOwnerOrderId")
-            ours = event.body.get("goodsOwnerOrderId")
-            if theirs and ours and theirs != ours:
+            theirs = (existing.get("orderInfo") or {}).get("goodsOwnerOrderId") or ""
+            ours = event.body.get("goodsOwnerOrderId") or ""
+            if not ours or theirs != ours:
+                # An order the pipeline did not make (another id, or none at all) is never overwritten.
                 return Fail(
                     f"order number {number} already belongs to another order in Ongoing"
-                    f" (goodsOwnerOrderId {theirs!r}, this command's {ours!r}); not overwritten"
+                    f" (goodsOwnerOrderId {theirs or 'empty'!r}, this command's {ours or 'empty'!r});"
+                    " not overwritten"
                 )
         try:
             answer = await target.put_order(event.body, attempts=attempts)
