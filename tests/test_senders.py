@@ -682,3 +682,47 @@ async def test_rule9_an_order_waits_while_its_delivered_article_is_quarantined(w
     summary = await world.run()
     assert (summary.delivered, summary.waiting) == (2, 0)
     assert isinstance(await world.last(order), CommandSucceeded)
+
+
+@pytest.mark.parametrize("status", [pytest.param(401, id="401"), pytest.param(403, id="403")])
+async def test_rule4_refused_stock_write_stops_the_tenant_and_the_next_run_delivers(
+    tmp_path: Path, status: int
+) -> None:
+    """PowerOffice refusing a stock patch (401 after a token renewal, or 403) stops that tenant's stock stage for
+    the run with nothing recorded or quarantined; once it is accepted again the next run writes every value."""
+    fake = FakePowerOffice(application_key="app", subscription_keys=["sub"], requests_per_second=200)
+    fake.add_company("ck-acme", Company(name="acme"))
+    ids = [fake.add_product("ck-acme", code=f"P{i}", name=f"P{i}")["Id"] for i in range(5)]
+    acme = tenant("acme", ACME, "ck-acme")
+    log = await SqliteEventLog.open(tmp_path / "log.db")
+    try:
+        async with serve_poweroffice(fake) as origin, aiohttp.ClientSession() as http:
+            settings = PowerOfficeSettings(
+                api_url=f"{origin}/v2",
+                token_url=f"{origin}/OAuth/Token",
+                application_key=Secret("app"),
+                subscription_key=Secret("sub"),
+                requests_per_second=200,
+            )
+            client = PowerOfficeClient(http, settings, RateLimiter(200), policy=RetryPolicy(attempts=3))
+            for pid in ids:
+                event = StockPatchRequested(pid, f"P{pid}", 3.0)
+                await log.append([NewEvent("acme", f"stockback:{pid}", event, f"acme/{pid}")])
+            first = await log.max_position() - len(ids) + 1
+            fake.faults.add(Fault("status", status=status, body=b"{}"), method="PATCH", times=None)
+            summary = await Sender(log, [acme], poweroffice=client, stock_in_flight=1).run_once()
+            counts = summary.tenants["acme"]
+            assert counts.refused is not None
+            assert "sender.poweroffice" in counts.refused
+            assert (counts.delivered, counts.failed, counts.quarantined) == (0, 0, 0)
+            assert [s async for s in log.read(types=OUTCOME_TYPES)] == []
+            assert await log.checkpoint("sender.poweroffice", "acme") < first
+            patches = [r for r in fake.requests if r.method == "PATCH"]
+            assert len(patches) == (2 if status == 401 else 1)  # one product tried, then the lane stopped
+
+            fake.faults.clear()
+            summary = await Sender(log, [acme], poweroffice=client).run_once()
+            assert (summary.delivered, summary.tenants["acme"].refused) == (5, None)
+            assert all(fake.company("ck-acme").products[pid]["StockOnHand"] == 3.0 for pid in ids)
+    finally:
+        await log.close()

@@ -2,35 +2,36 @@
 
 A `StageRunner` (`pipeline.senders.Sender` is the ready-made one) runs *stages*, one per target system
 (`OngoingStage`, `StockBackStage`), for every tenant. One `run_once` does, per (stage, tenant) *lane*: load what
-the log says, deliver what is pending, record each outcome.
+the log says, decide with the pure `pipeline.senders.plan.plan`, carry the plan out, record each outcome.
 
-**What is pending.** Per entity (`article:A1`, `order:<invoice>`, `stockback:<product>`) only its newest command
-is ever sent; older unanswered ones are answered `CommandSkipped("superseded by …")`. The entity's newest
-outcome-or-re-drive event (`EventLog.latest`) decides:
-- none, `CommandSucceeded` or `CommandSkipped`: send its newest command that has no outcome yet, if any;
-- `CommandFailed(permanent=False)` (a transient failure that used up its retries): send its newest command again;
-- `CommandFailed(permanent=True)`: the entity is **quarantined**; its newer commands wait, counted `waiting`;
-- `EntityRedriven` (operator): the quarantine is lifted and its newest command is sent again.
-A stage may still decide not to send (identical to what was delivered, an order already delivered or started in
-the warehouse): that is a `CommandSkipped` with the reason. Nothing is dropped without an event saying so.
+**The rules** (issue 8; each has a row in `tests/test_sender_plan.py` and a test in `tests/test_senders.py`):
+- Only an entity's newest command is sent; older ones without a terminal outcome get `CommandSkipped(superseded)`.
+- Terminal outcomes are a success, a skip and a permanent failure. A transient failure is not: the command is sent
+  again next run, and the checkpoint stays below it.
+- A command is never passed without a terminal outcome: the checkpoint never moves past a command that is sent,
+  waits, or failed only transiently.
+- A permanent failure quarantines the entity. A new command for a quarantined entity is tried (new data is the
+  usual fix); the failed command itself is sent again only after `redrive`.
+- Only a delivered command or `redrive` (`EntityRedriven`) ends a quarantine; a skip (superseded or not) never does.
+- "Already delivered" (a skip, not a write) means the newest *attempt* for the entity, success or failure,
+  succeeded with the same content: a write the server applied but answered with an error is no delivery.
+- A 401/403 on a write stops that tenant's stage for this run, records nothing and quarantines nothing; it is
+  reported in `TenantSummary.refused`, and the next run (after the credentials are fixed) delivers everything.
+- A command that needs other entities (an order, its articles) waits while any of them is not delivered or is
+  quarantined, counted `waiting` and named in `TenantSummary.waits`; it goes the moment the last of them is
+  delivered, in this run or a later one.
+- A stage may still decide not to send (an order already delivered or started in the warehouse): that is a
+  `CommandSkipped` with the reason. Nothing is dropped without an event saying so.
 
 **Outcomes and checkpoints.** Each outcome is appended with the lane's checkpoint (`sender.ongoing` or
-`sender.poweroffice`, per tenant) in one transaction. The checkpoint only tells where to start reading new
-commands; it is not the memory of what is still owed:
-- it moves past every command with an outcome, and past commands held by a quarantine: those are found again
-  from the entity's latest events when an `EntityRedriven` (or a transient failure) is seen, whatever the
-  checkpoint;
-- it stays *below* a command that waits for another entity (an order whose articles are not delivered yet),
-  which has no event of its own: the next run reads it again. So a long-quarantined article makes later runs
-  re-read the orders after that point, which costs reading, not correctness.
-A crash between a target's answer and the outcome's append leaves the command without an outcome, so the next
-run sends it again: an upsert repeated once, never an order created twice (the order stage looks first). A run
-that finds nothing to do writes nothing, except to move the checkpoint over new events of other kinds.
+`sender.poweroffice`, per tenant) in one transaction. The checkpoint only tells where to start reading; a re-drive
+or a transient failure from before it is found again from the entity's newest events. A crash between a target's
+answer and the outcome's append leaves the command without an outcome, so the next run sends it again: an upsert
+repeated once, never an order created twice (the order stage looks first). A run that finds nothing to do writes
+nothing, except to move the checkpoint over new events of other kinds.
 
 **Concurrency.** Lanes run side by side, at most `parallel` per stage. Within a lane a stage sets how many
-deliveries run at once (`in_flight`: 1 for Ongoing, whose writes are one at a time per goods owner). A command
-whose `blockers` (entities that must have been delivered first) are not all delivered is parked and released the
-moment the last of them succeeds in the same run; still parked at the end, it is counted `waiting`.
+deliveries run at once (`in_flight`: 1 for Ongoing, whose writes are one at a time per goods owner).
 Retries with backoff happen inside the target clients (bounded attempts and time, Retry-After); a lane sees only
 the final answer. One sender per log at a time: two would both deliver (harmlessly) and both record.
 """
