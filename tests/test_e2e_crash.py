@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
+from pipeline.config import Settings
 from pipeline.fakes.world import World, fake_world
 from tests.test_e2e import expected_articles, expected_orders
 
@@ -65,7 +66,11 @@ async def run_sync(config: Path, world: World, kill_after: int | None) -> int | 
 def _check(world: World, config: Path) -> None:
     from pipeline.config import load_settings
 
-    settings = load_settings(config)
+    check_final_state(world, load_settings(config))
+
+
+def check_final_state(world: World, settings: Settings) -> None:
+    """Both fakes hold exactly what the mapping makes of PowerOffice's data; each order was created once."""
     for t, tenant in zip(world.tenants, settings.tenants, strict=True):
         owner = world.ongoing.owner(t.goods_owner_id)
         articles = expected_articles(t, tenant)
