@@ -32,7 +32,7 @@ from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.pollers.ongoing_stock import poll_stock
 from pipeline.pollers.poweroffice import poll_invoices, poll_products
 from pipeline.projectors.commands import project
-from pipeline.senders import Sender, SendSummary
+from pipeline.senders import Breakers, Sender, SendSummary
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Runtime:
         self.poweroffice: PowerOfficeClient
         self.ongoing: OngoingClient
         self.limiters = LimiterRegistry(settings.poweroffice.requests_per_second)
+        self.breakers = Breakers()  # the senders' circuit breakers: a cool-down spans cycles
 
     async def __aenter__(self) -> Runtime:
         try:
@@ -153,6 +154,7 @@ class Runtime:
             ongoing=self.ongoing,
             poweroffice=self.poweroffice,
             parallel=self.settings.ongoing.parallel_goods_owners,
+            breakers=self.breakers,
         )
         return await sender.run_once()
 

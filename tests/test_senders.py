@@ -36,7 +36,7 @@ from pipeline.fakes.faults import Fault
 from pipeline.fakes.generate import Company
 from pipeline.fakes.ongoing import FakeOngoing, serve_ongoing
 from pipeline.fakes.poweroffice import FakePowerOffice, serve_poweroffice
-from pipeline.senders import Sender, SendSummary
+from pipeline.senders import Breakers, Sender, SendSummary
 from tests.ongoing_schema import article_body, fake_validator, order_body
 
 ACME, BETA = 159, 160
@@ -726,3 +726,50 @@ async def test_rule4_refused_stock_write_stops_the_tenant_and_the_next_run_deliv
             assert all(fake.company("ck-acme").products[pid]["StockOnHand"] == 3.0 for pid in ids)
     finally:
         await log.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 9: a goods owner that is down is noticed
+
+
+async def test_a_goods_owner_that_is_down_is_noticed_paused_and_probed(world: World) -> None:
+    """After 3 transient failures in a row the lane stops sending (the rest wait, no outcome), reports degraded,
+    probes with one command once the cool-down is over, doubles the cool-down (capped) while the probe fails, and
+    delivers everything once a probe succeeds. Virtual time: the breakers' clock is a variable."""
+    now = [0.0]
+    breakers = Breakers(threshold=3, cooldown=10.0, max_cooldown=30.0, clock=lambda: now[0])
+    world.tenants = [tenant("acme", ACME), tenant("beta", BETA)]
+    world.fake.faults.add(Fault("status", status=503), method="PUT", path="/articles", times=None)
+    for i in range(20):
+        await world.add(article_cmd(ACME, f"A{i}"))
+    await world.add(article_cmd(BETA, "B1"), "beta")
+
+    def puts() -> int:
+        return len(world.fake.writes(ACME))
+
+    summary = await world.run(breakers=breakers)
+    acme = summary.tenants["acme"]
+    assert (acme.delivered, acme.failed, acme.waiting) == (0, 3, 0)
+    assert acme.degraded is not None
+    assert "3 transient failures in a row" in acme.degraded
+    assert "17 commands wait" in acme.degraded
+    assert puts() == 3 * 3  # three commands, three attempts each (the fixture's policy)
+    assert summary.tenants["beta"].degraded is None  # beta's writes fail too, but only one in a row
+    assert len(await world.unanswered()) == 17  # beta's B1 failed transiently: it has an outcome
+
+    world.fake.requests.clear()
+    for at, sent, degraded in [(9.9, 0, True), (10.0, 3, True), (29.9, 0, True), (30.0, 3, True)]:
+        now[0] = at
+        summary = await world.run(breakers=breakers)
+        assert (puts(), summary.tenants["acme"].degraded is not None) == (sent, degraded), at
+        assert summary.tenants["acme"].failed == sent // 3
+        world.fake.requests.clear()
+    # The cool-down grew 10 → 20 → 40, capped at 30: the next probe is due at 60, not 70.
+    world.fake.faults.clear()
+    now[0] = 59.9
+    assert (await world.run(breakers=breakers)).tenants["acme"].delivered == 0
+    now[0] = 60.0
+    summary = await world.run(breakers=breakers)
+    assert (summary.tenants["acme"].delivered, summary.tenants["acme"].degraded) == (20, None)
+    assert await world.unanswered() == []
+    assert len(world.fake.writes(ACME)) == 20  # since the last clear: one write per article, the probe included

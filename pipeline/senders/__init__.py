@@ -16,6 +16,7 @@ from typing import Protocol
 from pipeline.config import TenantSettings
 from pipeline.eventlog.base import EventLog
 from pipeline.senders.base import SendSummary, Stage, StageRunner, TenantSummary
+from pipeline.senders.breaker import Breakers
 from pipeline.senders.ongoing import OngoingStage, OngoingTarget
 from pipeline.senders.poweroffice import StockBackStage, StockTarget
 
@@ -32,7 +33,7 @@ class Sender(StageRunner):
     """The Ongoing stage (articles, orders) and the PowerOffice stock write-back, for `tenants`.
 
     `parallel`: lanes (tenants) at once per stage; `stock_in_flight`: stock patches one tenant may have waiting
-    at the PowerOffice limiter.
+    at the PowerOffice limiter; `breakers`: the circuit breakers, kept across runs by the caller.
     """
 
     def __init__(
@@ -44,16 +45,18 @@ class Sender(StageRunner):
         poweroffice: StockTargets | None = None,
         parallel: int = 8,
         stock_in_flight: int = 4,
+        breakers: Breakers | None = None,
     ) -> None:
         stages: list[Stage] = []
         if ongoing is not None:
             stages.append(OngoingStage(ongoing.for_tenant))
         if poweroffice is not None:
             stages.append(StockBackStage(poweroffice.for_tenant, in_flight=stock_in_flight))
-        super().__init__(log, stages, tenants, parallel=parallel)
+        super().__init__(log, stages, tenants, parallel=parallel, breakers=breakers)
 
 
 __all__ = [
+    "Breakers",
     "OngoingStage",
     "OngoingTargets",
     "SendSummary",

@@ -63,6 +63,7 @@ from pipeline.events import (
     EntityRedriven,
     Event,
 )
+from pipeline.senders.breaker import Breakers, CircuitBreaker
 from pipeline.senders.plan import Attempt, History, Omit, Plan, Send, Wait, plan, terminal, wait_reason
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,9 @@ class TenantSummary:
     `waiting`: commands that wait for other entities (an order for its articles), with `waits` naming, per
     waiting entity, what it waits for; `quarantined`: entities whose newest attempt failed permanently (not
     re-driven), at the end of the run; `refused`: set when a target refused the tenant's credentials, which
-    stopped that stage for the tenant in this run (nothing was quarantined: the next run sends it all).
+    stopped that stage for the tenant in this run (nothing was quarantined: the next run sends it all);
+    `degraded`: set while a stage's circuit breaker for the tenant is open (its system looks down: its commands
+    wait, with no outcome, until a probe succeeds).
     """
 
     delivered: int = 0
@@ -126,6 +129,7 @@ class TenantSummary:
     waiting: int = 0
     quarantined: int = 0
     refused: str | None = None
+    degraded: str | None = None
     waits: dict[str, str] = field(default_factory=dict)
 
     def add(self, other: TenantSummary) -> None:
@@ -136,6 +140,8 @@ class TenantSummary:
         self.quarantined += other.quarantined
         if other.refused is not None:
             self.refused = _joined(self.refused, other.refused)
+        if other.degraded is not None:
+            self.degraded = _joined(self.degraded, other.degraded)
         self.waits.update(other.waits)
 
 
@@ -232,6 +238,7 @@ class StageRunner:
         tenants: Sequence[TenantSettings],
         *,
         parallel: int = 8,
+        breakers: Breakers | None = None,
     ) -> None:
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
@@ -239,6 +246,8 @@ class StageRunner:
         self.stages = tuple(stages)
         self.tenants = tuple(tenants)
         self.parallel = parallel
+        # Pass one `Breakers` for the life of the process, so a cool-down spans runs; without, each run has its own.
+        self.breakers = breakers if breakers is not None else Breakers()
 
     async def run_once(self) -> SendSummary:
         """Deliver everything deliverable now. Raises StoreError if the log fails (after the other lanes end);
@@ -250,7 +259,8 @@ class StageRunner:
             counts = TenantSummary()
             try:
                 async with limiter:
-                    await _Lane(self.log, stage, tenant, counts).run()
+                    breaker = self.breakers.lane(stage.name, tenant.name)
+                    await _Lane(self.log, stage, tenant, counts, breaker).run()
             except Exception as exc:  # one broken lane must not cancel the others; re-raised below
                 logger.exception("sender %s for tenant %s failed", stage.name, tenant.name)
                 errors.append(exc)
@@ -296,7 +306,15 @@ class _Watermark:
 class _Lane:
     """One stage for one tenant, for one run: load what the log says, `plan`, carry the plan out."""
 
-    def __init__(self, log: EventLog, stage: Stage, tenant: TenantSettings, counts: TenantSummary) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        stage: Stage,
+        tenant: TenantSettings,
+        counts: TenantSummary,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.log = log
         self.stage = stage
         self.tenant = tenant
@@ -306,6 +324,7 @@ class _Lane:
         self.checkpoint = 0
         self.watermark = _Watermark(0)
         self.refused: str | None = None
+        self.held = 0  # commands not sent because the breaker is open
         self._record_lock = anyio.Lock()
 
     async def run(self) -> None:
@@ -314,6 +333,9 @@ class _Lane:
         self.counts.quarantined += len(self.quarantined)
         if self.refused is not None:
             self.counts.refused = _joined(self.counts.refused, self.refused)
+        if self.breaker.is_open:
+            held = f" ({self.held} commands wait)" if self.held else ""
+            self.counts.degraded = _joined(self.counts.degraded, f"{self.stage.name}: {self.breaker.describe()}{held}")
 
     # -- loading and planning ----------------------------------------------------------------------------------
 
@@ -442,6 +464,9 @@ class _Lane:
                             for blocker in blockers:
                                 parked[blocker].append(command)
                             continue
+                        if not self.breaker.admits():  # the system looks down: the rest waits for the cool-down
+                            heapq.heappush(ready, (command.position, command))
+                            break
                         running += 1
                         tg.start_soon(self._deliver, command, finished)
                     if running == 0:
@@ -458,6 +483,7 @@ class _Lane:
                         if not left:
                             del missing[waiter.position]
                             heapq.heappush(ready, (waiter.position, waiter))
+        self.held = len(ready)
         for command, left in missing.values():
             self.counts.waiting += 1
             self.counts.waits[command.entity] = wait_reason(sorted(left), self.quarantined)
@@ -475,6 +501,7 @@ class _Lane:
                 # command is sent again once the credentials work.
                 self.refused = f"{self.stage.name}: {exc}"
                 logger.error("%s %s: credentials refused; stage stopped for this run: %s", *self._who(), exc)
+                self.breaker.neutral()
                 await finished.send((command, False))
                 return
             result = Fail(str(exc), exc.status, permanent=not exc.transient)
@@ -484,6 +511,12 @@ class _Lane:
             logger.exception("%s: delivering %s failed unexpectedly", self.stage.name, command.entity)
             result = Fail(f"unexpected {type(exc).__name__}: {exc}", None, permanent=True)
 
+        if isinstance(result, Fail) and not result.permanent:
+            self.breaker.failed()
+        elif isinstance(result, Delivered) or (isinstance(result, Fail) and result.status is not None):
+            self.breaker.succeeded()  # the system answered as a working one does
+        else:
+            self.breaker.neutral()
         outcome: Event
         if isinstance(result, Delivered):
             outcome = CommandSucceeded(command.position, result.ids, attempts.count, _message(result.message))
