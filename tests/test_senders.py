@@ -773,3 +773,21 @@ async def test_a_goods_owner_that_is_down_is_noticed_paused_and_probed(world: Wo
     assert (summary.tenants["acme"].delivered, summary.tenants["acme"].degraded) == (20, None)
     assert await world.unanswered() == []
     assert len(world.fake.writes(ACME)) == 20  # since the last clear: one write per article, the probe included
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 9: one write in flight, truly
+
+
+async def test_a_write_that_timed_out_is_settled_before_the_next_write_goes(world: World) -> None:
+    """The server takes longer over a write than the client waits: the retry and the next write wait until the
+    timed-out write has settled, so the goods owner never has two writes at the server at once."""
+    world.fake.slow_turns.add(Fault("latency", seconds=0.8), method="PUT", path="/articles", times=1)
+    for i in range(3):
+        await world.add(article_cmd(ACME, f"A{i}"))
+    summary = await world.run(ongoing_settle=1.0)
+    assert (summary.delivered, summary.failed) == (3, 0)
+    assert world.fake.peak_in_flight(ACME) == 1
+    writes = sorted(world.fake.writes(ACME), key=lambda r: r.at)
+    assert len(writes) == 4  # the timed-out write (applied), its retry, and the two others
+    assert all(a.ended <= b.at for a, b in itertools.pairwise(writes)), "two writes overlapped at the server"

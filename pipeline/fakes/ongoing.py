@@ -24,7 +24,9 @@ What it does (paths are under `/{warehouse}/api/v1`):
   shared `FaultScript` is applied before anything else, and `hold()` can park the answer to a write after it was
   applied (to kill a client between the server's work and its reading the answer). `after_apply`, a second
   `FaultScript`, replaces the answer of a write that *was applied* (a 5xx, a hang past the client's timeout, a
-  dropped connection): the server did the work, the client hears it failed.
+  dropped connection): the server did the work, the client hears it failed. `slow_turns`, a third, makes a
+  matching write's turn longer by a `latency` fault's seconds: the server is still processing it (and counts it
+  in flight) while the client may have timed out.
 - `validator`, when given, checks every write body (e.g. against the published JSON schemas in the tests): a
   violation is answered 400 and recorded in `schema_violations`.
 """
@@ -192,6 +194,7 @@ class FakeOngoing:
         self.validator = validator
         self.faults = FaultScript()
         self.after_apply = FaultScript()  # faults on the answer of a write that was applied
+        self.slow_turns = FaultScript()  # latency faults lengthening a write's turn (processing time)
         self.requests: list[OngoingRequest] = []
         self.schema_violations: list[str] = []
         self.holds: list[Hold] = []
@@ -419,7 +422,9 @@ class FakeOngoing:
                 # The turn starts when the write arrived or the previous one finished, whichever is later; reading
                 # and checking the body is part of the turn, not extra time on top of it.
                 started = max(info["arrived"], owner.turn_free_at)
-                delay = started + self.write_latency - self._monotonic()
+                slow = self.slow_turns.take(request.method, request.path)
+                extra = slow.seconds if slow is not None and slow.kind == "latency" else 0.0
+                delay = started + self.write_latency + extra - self._monotonic()
                 if delay > 0:
                     await anyio.sleep(delay)
                 response = apply(goods_owner_id, body)

@@ -188,6 +188,8 @@ class LaneView:
     log: EventLog
     # entity -> its latest CommandSucceeded, kept current as this run delivers.
     delivered: dict[str, CommandSucceeded]
+    # the lane's circuit breaker (which also keeps the lane's write settle time), kept across runs
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
     async def delivered_command(self, entity: str) -> StoredEvent | None:
         """The command last delivered for `entity` (None if never)."""
@@ -319,7 +321,7 @@ class _Lane:
         self.stage = stage
         self.tenant = tenant
         self.counts = counts
-        self.view = LaneView(tenant, log, {})
+        self.view = LaneView(tenant, log, {}, self.breaker)
         self.quarantined: set[str] = set()
         self.checkpoint = 0
         self.watermark = _Watermark(0)

@@ -32,6 +32,8 @@ class CircuitBreaker:
     open_until: float | None = None
     current_cooldown: float = 0.0
     probing: bool = False
+    # No write may start before this: a write that got no answer may still be running at the server.
+    settle_until: float = float("-inf")
 
     def admits(self) -> bool:
         """Whether a command may be sent now. When the cool-down is over this admits exactly one (the probe)."""

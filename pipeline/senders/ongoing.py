@@ -11,18 +11,24 @@ Rules on top of the machinery in `pipeline.senders.base` (checkpoint `sender.ong
   started on it (status ≥ 300) the command is skipped with the status as the reason; it is never updated then. If
   the number belongs to another invoice's order in Ongoing, the command fails (permanently) rather than overwrite
   it. A 400 on the write is checked the same way, for a warehouse that started between the look-up and the write.
+- One write in flight, truly: given `writers` (targets that make one attempt per call) and a `policy`, the stage
+  retries writes itself, and after a write that got no answer (a time-out, a dropped connection) neither the retry
+  nor the lane's next write starts until `settle` seconds have passed: the server may still be working on it.
+  (The client's own retries cannot know that and would send the next attempt beside the one still running.)
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from pipeline.clients.http import Attempts
+import anyio
+
+from pipeline.clients.http import Attempts, RetryPolicy, retrying
 from pipeline.clients.ongoing import WAREHOUSE_STARTED_STATUS, order_status
 from pipeline.config import TenantSettings
-from pipeline.errors import ApiError, AuthError, PermanentApiError
+from pipeline.errors import ApiError, AuthError, PermanentApiError, TransientApiError
 from pipeline.eventlog.base import StoredEvent
 from pipeline.events import ArticleUpsertRequested, Event, OrderUpsertRequested
 from pipeline.senders.base import Delivered, Fail, LaneView, Result, Skip, Stage
@@ -50,14 +56,64 @@ class OngoingStage(Stage):
     entity_prefixes = ("article:", "order:")
     in_flight = 1
 
-    def __init__(self, targets: Callable[[TenantSettings], OngoingTarget]) -> None:
+    def __init__(
+        self,
+        targets: Callable[[TenantSettings], OngoingTarget],
+        *,
+        writers: Callable[[TenantSettings], OngoingTarget] | None = None,
+        policy: RetryPolicy | None = None,
+        settle: float = 0.0,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        """`targets` serve reads, and writes too unless `writers` (one attempt per call) and `policy` are given:
+        then the stage retries writes under `policy`, settling after a write that got no answer."""
+        if (writers is None) != (policy is None):
+            raise ValueError("writers and policy go together")
         self._make_target = targets
+        self._make_writer = writers
         self._targets: dict[str, OngoingTarget] = {}
+        self._writers: dict[str, OngoingTarget] = {}
+        self.policy = policy
+        self.settle = settle
+        self._sleep = sleep
 
     def target(self, tenant: TenantSettings) -> OngoingTarget:
         if tenant.name not in self._targets:
             self._targets[tenant.name] = self._make_target(tenant)
         return self._targets[tenant.name]
+
+    def writer(self, tenant: TenantSettings) -> OngoingTarget:
+        if self._make_writer is None:
+            return self.target(tenant)
+        if tenant.name not in self._writers:
+            self._writers[tenant.name] = self._make_writer(tenant)
+        return self._writers[tenant.name]
+
+    async def _write(
+        self,
+        view: LaneView,
+        put: Callable[..., Awaitable[dict[str, Any]]],
+        body: dict[str, Any],
+        attempts: Attempts,
+    ) -> dict[str, Any]:
+        """One write, retried; with a `policy`, none starts before an unanswered earlier one has settled."""
+        if self.policy is None:
+            return await put(body, attempts=attempts)
+        breaker = view.breaker
+
+        async def once() -> dict[str, Any]:
+            wait = breaker.settle_until - breaker.clock()
+            if wait > 0:
+                await self._sleep(wait)
+            try:
+                result: dict[str, Any] = await put(body)
+                return result
+            except TransientApiError as exc:
+                if exc.status is None:  # no answer: the write may still be queued or running at the server
+                    breaker.settle_until = breaker.clock() + self.settle
+                raise
+
+        return await retrying(self.policy, once, attempts)
 
     def needs(self, command: Event) -> tuple[str, ...]:
         if not isinstance(command, OrderUpsertRequested):
@@ -90,7 +146,7 @@ class OngoingStage(Stage):
         target: OngoingTarget,
         attempts: Attempts,
     ) -> Result:
-        answer = await target.put_article(event.body, attempts=attempts)
+        answer = await self._write(view, self.writer(view.tenant).put_article, event.body, attempts)
         return Delivered(
             {"articleSystemId": answer.get("articleSystemId"), "articleNumber": event.body.get("articleNumber")},
             answer.get("message"),
@@ -129,7 +185,7 @@ class OngoingStage(Stage):
                     " not overwritten"
                 )
         try:
-            answer = await target.put_order(event.body, attempts=attempts)
+            answer = await self._write(view, self.writer(view.tenant).put_order, event.body, attempts)
         except PermanentApiError as exc:
             if exc.status == 400 and not isinstance(exc, AuthError):
                 # The warehouse may have started between the look-up and the write: then it is a skip.
