@@ -143,6 +143,30 @@ CASES = [
         id="rule1-checkpoint-never-passes-a-command-without-an-outcome",
     ),
     row(
+        [A5, A6],
+        Plan(sends=(Send(A6, "new"),), skips=(Omit(A5, "superseded by the command at 6"),), checkpoint=5),
+        outcomes={5: [failed(5, permanent=False)]},
+        id="a-transiently-failed-command-is-superseded-by-a-newer-one",
+    ),
+    row(
+        [A5],
+        Plan(sends=(Send(A5, "again after a transient failure"),), checkpoint=HEAD),
+        outcomes={5: [failed(5, permanent=False)]},
+        checkpoint=20,
+        id="a-transient-failure-from-before-the-checkpoint-is-sent-again-without-moving-it-back",
+    ),
+    row(
+        [A5, O8],
+        Plan(
+            sends=(Send(A5, "a new command for a quarantined entity"),),
+            waits=(Wait(O8, ("article:A1",), "waits for article:A1 (quarantined)"),),
+            quarantined=frozenset({"article:A1"}),
+            checkpoint=4,
+        ),
+        history={"article:A1": History(delivered=True, quarantined=True)},
+        id="rule9-order-waits-while-the-new-command-for-its-quarantined-article-is-tried",
+    ),
+    row(
         [A5],
         Plan(sends=(Send(A5, "re-driven"),), checkpoint=HEAD),
         outcomes={5: [failed(5, permanent=True)]},
