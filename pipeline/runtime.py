@@ -145,6 +145,9 @@ class Runtime:
                 r.skipped += counts.skipped
                 r.failed += counts.failed
                 r.waiting = counts.waiting
+                if counts.refused:  # credentials refused on a write: a tenant problem (exit 2), nothing quarantined
+                    r.errors.append(counts.refused)
+                    r.setup_error = True
         return CycleReport(started, reports)
 
     async def send(self) -> SendSummary:
