@@ -55,7 +55,7 @@ from pipeline.pollers.ongoing_stock import poll_stock
 from pipeline.pollers.poweroffice import poll_invoices, poll_products
 from pipeline.problems import standing_problems
 from pipeline.projectors.commands import project
-from pipeline.senders import Sender, SendSummary
+from pipeline.senders import Breakers, Sender, SendSummary
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,7 @@ class Runtime:
         self.states: dict[str, TenantState] = {
             t.name: TenantState(t.name, self.interval_of(t)) for t in settings.tenants
         }
+        self.breakers = Breakers()  # the senders' circuit breakers: a cool-down spans cycles
 
     async def __aenter__(self) -> Runtime:
         try:
@@ -426,6 +427,9 @@ class Runtime:
             report.waiting = counts.waiting
             if expired():
                 report.deadline_reached = True
+            if counts.refused:  # credentials refused on a write: a tenant problem (exit 2), nothing quarantined
+                report.errors.append(counts.refused)
+                report.setup_error = True
         # Standing problems, whenever they began (a quarantine from last week still fails `sync`).
         standing = await standing_problems(self.log, tenant.name)
         report.quarantined = len(standing.quarantined)
@@ -441,6 +445,7 @@ class Runtime:
             ongoing=self.ongoing,
             poweroffice=self.poweroffice,
             parallel=self.settings.ongoing.parallel_goods_owners,
+            breakers=self.breakers,
         )
         return await sender.run_once(expired=expired)
 

@@ -36,7 +36,7 @@ from pipeline.fakes.faults import Fault
 from pipeline.fakes.generate import Company
 from pipeline.fakes.ongoing import FakeOngoing, serve_ongoing
 from pipeline.fakes.poweroffice import FakePowerOffice, serve_poweroffice
-from pipeline.senders import Sender, SendSummary
+from pipeline.senders import Breakers, Sender, SendSummary
 from tests.ongoing_schema import article_body, fake_validator, order_body
 
 ACME, BETA = 159, 160
@@ -241,16 +241,11 @@ async def test_unknown_article_on_an_order_quarantines_that_order_only(world: Wo
     assert isinstance(await world.last(good), CommandSucceeded)
 
     fixed = await world.add(order_cmd(ACME, "inv-1", "O1", [("A1", 1)]))
-    summary = await world.run()
-    assert (summary.delivered, summary.waiting) == (0, 1)  # held by the quarantine, not sent
-    assert world.fake.order(ACME, "O1") is None
-    assert await world.unanswered() == [fixed]
-
-    await world.log.append([NewEvent("acme", "order:inv-1", EntityRedriven("article added", "ops"), "redrive-1")])
-    summary = await world.run()
+    summary = await world.run()  # a new command for the quarantined order is tried, and ends the quarantine
     assert (summary.delivered, summary.waiting, summary.tenants["acme"].quarantined) == (1, 0, 0)
     assert isinstance(await world.last(fixed), CommandSucceeded)
     assert world.fake.creations(ACME, "O1") == 1
+    assert await world.unanswered() == []
 
 
 async def test_order_started_in_the_warehouse_is_never_changed(world: World) -> None:
@@ -425,7 +420,8 @@ async def test_transient_failure_past_the_retries_is_retried_next_run(world: Wor
 
 
 async def test_permanent_400_quarantines_one_article_while_the_others_are_delivered(world: World) -> None:
-    """A 400 quarantines its article: later versions wait (not sent), the others flow, a re-drive releases it."""
+    """A 400 quarantines its article and its order waits (not sent), the others flow; with nothing new, later
+    runs send nothing; a re-drive sends the failed command again and the order follows in the same run."""
     world.fake.faults.add(
         Fault("status", status=400, body=b'{"Message":"The request is invalid."}'), method="PUT", path="/articles"
     )
@@ -441,21 +437,19 @@ async def test_permanent_400_quarantines_one_article_while_the_others_are_delive
     assert (failed.status, failed.attempts) == (400, 1)
     assert "The request is invalid." in failed.message
 
-    a1v2 = await world.add(article_cmd(ACME, "A1", "fixed"))
     writes = len(world.fake.writes())
     summary = await world.run()
-    assert (summary.delivered, summary.waiting, summary.tenants["acme"].quarantined) == (0, 2, 1)
+    assert (summary.delivered, summary.waiting, summary.tenants["acme"].quarantined) == (0, 1, 1)
     assert len(world.fake.writes()) == writes
-    assert sorted(await world.unanswered()) == [o1, a1v2]
+    assert await world.unanswered() == [o1]
 
     await world.log.append([NewEvent("acme", "article:A1", EntityRedriven("fixed", "ops"), "redrive-a1")])
     summary = await world.run()
     assert (summary.delivered, summary.waiting, summary.failed) == (2, 0, 0)
-    stored = world.fake.article(ACME, "A1")
-    assert stored is not None
-    assert stored["articleName"] == "fixed"
+    assert summary.tenants["acme"].quarantined == 0
+    assert isinstance(await world.last(a1), CommandSucceeded)
     assert await world.unanswered() == []
-    assert await world.log.checkpoint(STAGE, "acme") >= a1v2
+    assert await world.log.checkpoint(STAGE, "acme") >= o1
 
 
 async def test_redrive_of_a_healthy_entity_is_a_recorded_skip(world: World) -> None:
@@ -527,3 +521,273 @@ async def test_stock_write_back_goes_through_the_one_poweroffice_limiter(tmp_pat
             assert len(fake.requests) == before
     finally:
         await log.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 8: no silent loss (each test failed on the code before the sender's plan)
+
+
+async def test_rule1_new_commands_for_a_quarantined_entity_are_tried_and_none_is_lost(world: World) -> None:
+    """Quarantined, then two new commands in one window: the older is superseded, the newest is sent, nothing is
+    left without an outcome, and the checkpoint never passes a command without one."""
+    world.fake.faults.add(Fault("status", status=400), method="PUT", path="/articles")
+    a1 = await world.add(article_cmd(ACME, "A1", "broken"))
+    summary = await world.run()
+    assert (summary.failed, summary.tenants["acme"].quarantined) == (1, 1)
+    assert isinstance(await world.last(a1), CommandFailed)
+
+    v2 = await world.add(article_cmd(ACME, "A1", "two"))
+    v3 = await world.add(article_cmd(ACME, "A1", "three"))
+    summary = await world.run()
+    assert await world.last(v2) == CommandSkipped(v2, f"superseded by the command at {v3}")
+    assert isinstance(await world.last(v3), CommandSucceeded)
+    assert (summary.delivered, summary.tenants["acme"].quarantined) == (1, 0)
+    stored = world.fake.article(ACME, "A1")
+    assert stored is not None
+    assert stored["articleName"] == "three"
+    assert await world.unanswered() == []
+
+
+async def test_rule1_superseded_skip_never_ends_quarantine(world: World) -> None:
+    """A quarantined entity whose newest command fails again stays quarantined, though its older one was skipped."""
+    world.fake.faults.add(Fault("status", status=400), method="PUT", path="/articles", times=2)
+    await world.add(article_cmd(ACME, "A1", "broken"))
+    await world.run()
+    await world.add(article_cmd(ACME, "A1", "two"))
+    v3 = await world.add(article_cmd(ACME, "A1", "three"))
+    summary = await world.run()
+    assert (summary.failed, summary.skipped, summary.tenants["acme"].quarantined) == (1, 1, 1)
+    failed = await world.last(v3)
+    assert isinstance(failed, CommandFailed)
+    assert failed.permanent
+    summary = await world.run()  # nothing new: still quarantined, nothing sent
+    assert (summary.tenants["acme"].quarantined, len(world.fake.writes())) == (1, 2)
+
+
+async def test_rule2_a_write_applied_but_answered_5xx_is_not_taken_as_delivered(world: World) -> None:
+    """Delivered "five", then "seven" applied by Ongoing but answered 503, then back to "five": "five" is sent."""
+    await world.add(article_cmd(ACME, "A1", "five"))
+    await world.run()
+    world.fake.after_apply.add(Fault("status", status=503), method="PUT", path="/articles", times=3)
+    seven = await world.add(article_cmd(ACME, "A1", "seven"))
+    summary = await world.run()
+    failed = await world.last(seven)
+    assert isinstance(failed, CommandFailed)
+    assert not failed.permanent
+    stored = world.fake.article(ACME, "A1")
+    assert stored is not None
+    assert stored["articleName"] == "seven"  # applied, though the answer said otherwise
+
+    back = await world.add(article_cmd(ACME, "A1", "five"))
+    summary = await world.run()
+    assert (summary.delivered, summary.skipped) == (1, 1)  # "seven", which is no longer due, is superseded
+    assert await world.last(seven) == CommandSkipped(seven, f"superseded by the command at {back}")
+    assert isinstance(await world.last(back), CommandSucceeded)
+    stored = world.fake.article(ACME, "A1")
+    assert stored is not None
+    assert stored["articleName"] == "five"
+    again = await world.add(article_cmd(ACME, "A1", "five"))
+    summary = await world.run()
+    assert await world.last(again) == CommandSkipped(again, f"identical to the command at {back}, which was delivered")
+
+
+async def test_rule4_refused_credentials_on_a_write_stop_the_tenant_and_quarantine_nothing(world: World) -> None:
+    """A 401 on a write stops that tenant's lane for the run: no outcome, no quarantine, the refusal reported for
+    the tenant; once the password is right again the next run delivers everything without a re-drive."""
+    world.tenants = [tenant("acme", ACME), tenant("beta", BETA)]
+    world.fake.goods_owner_credentials = {ACME: ("acme-user", "new-password")}
+    for name, owner in (("acme", ACME), ("beta", BETA)):
+        await world.add(article_cmd(owner, "A1"), name)
+        await world.add(article_cmd(owner, "A2"), name)
+        await world.add(order_cmd(owner, f"inv-{name}", "O1", [("A1", 1)]), name)
+    summary = await world.run()
+    acme, beta = summary.tenants["acme"], summary.tenants["beta"]
+    assert acme.refused is not None
+    assert "credentials" in acme.refused
+    assert "pw" not in acme.refused
+    assert (acme.delivered, acme.failed, acme.quarantined) == (0, 0, 0)
+    assert len(world.fake.writes(ACME)) == 1  # the first refusal stops the lane
+    assert (beta.delivered, beta.refused) == (3, None)
+    assert len(await world.unanswered()) == 3
+
+    world.fake.goods_owner_credentials = {}
+    summary = await world.run()
+    assert (summary.tenants["acme"].delivered, summary.tenants["acme"].refused) == (3, None)
+    assert await world.unanswered() == []
+    assert world.fake.creations(ACME, "O1") == 1
+
+
+@pytest.mark.parametrize("theirs", [pytest.param("", id="empty"), pytest.param(None, id="missing")])
+async def test_rule10_an_order_the_pipeline_did_not_make_is_never_overwritten(world: World, theirs: Any) -> None:
+    """An Ongoing order with our number but an empty or missing goodsOwnerOrderId fails permanently, naming it."""
+    await world.add(article_cmd(ACME, "A1"))
+    await world.run()
+    body: dict[str, Any] = dict(order_body(ACME, "O1", [("A1", 7)], invoice_id="x"))
+    if theirs is None:
+        del body["goodsOwnerOrderId"]
+    else:
+        body["goodsOwnerOrderId"] = theirs
+    await world.client.for_tenant(world.tenants[0]).put_order(body)
+    ours = await world.add(order_cmd(ACME, "inv-1", "O1", [("A1", 1)]))
+    summary = await world.run()
+    assert (summary.failed, summary.tenants["acme"].quarantined) == (1, 1)
+    failed = await world.last(ours)
+    assert isinstance(failed, CommandFailed)
+    assert failed.permanent
+    assert "order number O1 already belongs to another order" in failed.message
+    assert "'inv-1'" in failed.message
+    order = world.fake.order(ACME, "O1")
+    assert order is not None
+    assert order["orderLines"][0]["orderedNumberOfItems"] == 7.0
+
+
+async def test_rule9_an_order_waits_naming_its_quarantined_article_and_goes_once_it_is_delivered(
+    world: World,
+) -> None:
+    """An order whose article failed (quarantined, never delivered) waits and says which article; a later run
+    that delivers the article sends the order."""
+    world.fake.faults.add(Fault("status", status=400), method="PUT", path="/articles")
+    await world.add(article_cmd(ACME, "A1", "broken"))
+    order = await world.add(order_cmd(ACME, "inv-1", "O1", [("A1", 1)]))
+    summary = await world.run()
+    acme = summary.tenants["acme"]
+    assert (acme.failed, acme.waiting, acme.quarantined) == (1, 1, 1)
+    assert "article:A1" in acme.waits["order:inv-1"]
+    assert await world.log.checkpoint(STAGE, "acme") < order
+
+    summary = await world.run()  # nothing changed: still waiting, still named, nothing written
+    assert summary.tenants["acme"].waiting == 1
+    assert "article:A1" in summary.tenants["acme"].waits["order:inv-1"]
+    assert world.fake.order(ACME, "O1") is None
+
+    await world.add(article_cmd(ACME, "A1", "fixed"))
+    summary = await world.run()
+    assert (summary.delivered, summary.waiting, summary.tenants["acme"].quarantined) == (2, 0, 0)
+    assert summary.tenants["acme"].waits == {}
+    assert isinstance(await world.last(order), CommandSucceeded)
+    assert world.fake.creations(ACME, "O1") == 1
+
+
+async def test_rule9_an_order_waits_while_its_delivered_article_is_quarantined(world: World) -> None:
+    """An article delivered once and then quarantined holds new orders until it is delivered again."""
+    await world.add(article_cmd(ACME, "A1"))
+    await world.run()
+    world.fake.faults.add(Fault("status", status=400), method="PUT", path="/articles")
+    await world.add(article_cmd(ACME, "A1", "bad"))
+    order = await world.add(order_cmd(ACME, "inv-1", "O1", [("A1", 1)]))
+    summary = await world.run()
+    assert (summary.failed, summary.waiting) == (1, 1)
+    assert "article:A1" in summary.tenants["acme"].waits["order:inv-1"]
+    await world.log.append([NewEvent("acme", "article:A1", EntityRedriven("fixed in Ongoing", "ops"), "redrive")])
+    summary = await world.run()
+    assert (summary.delivered, summary.waiting) == (2, 0)
+    assert isinstance(await world.last(order), CommandSucceeded)
+
+
+@pytest.mark.parametrize("status", [pytest.param(401, id="401"), pytest.param(403, id="403")])
+async def test_rule4_refused_stock_write_stops_the_tenant_and_the_next_run_delivers(
+    tmp_path: Path, status: int
+) -> None:
+    """PowerOffice refusing a stock patch (401 after a token renewal, or 403) stops that tenant's stock stage for
+    the run with nothing recorded or quarantined; once it is accepted again the next run writes every value."""
+    fake = FakePowerOffice(application_key="app", subscription_keys=["sub"], requests_per_second=200)
+    fake.add_company("ck-acme", Company(name="acme"))
+    ids = [fake.add_product("ck-acme", code=f"P{i}", name=f"P{i}")["Id"] for i in range(5)]
+    acme = tenant("acme", ACME, "ck-acme")
+    log = await SqliteEventLog.open(tmp_path / "log.db")
+    try:
+        async with serve_poweroffice(fake) as origin, aiohttp.ClientSession() as http:
+            settings = PowerOfficeSettings(
+                api_url=f"{origin}/v2",
+                token_url=f"{origin}/OAuth/Token",
+                application_key=Secret("app"),
+                subscription_key=Secret("sub"),
+                requests_per_second=200,
+            )
+            client = PowerOfficeClient(http, settings, RateLimiter(200), policy=RetryPolicy(attempts=3))
+            for pid in ids:
+                event = StockPatchRequested(pid, f"P{pid}", 3.0)
+                await log.append([NewEvent("acme", f"stockback:{pid}", event, f"acme/{pid}")])
+            first = await log.max_position() - len(ids) + 1
+            fake.faults.add(Fault("status", status=status, body=b"{}"), method="PATCH", times=None)
+            summary = await Sender(log, [acme], poweroffice=client, stock_in_flight=1).run_once()
+            counts = summary.tenants["acme"]
+            assert counts.refused is not None
+            assert "sender.poweroffice" in counts.refused
+            assert (counts.delivered, counts.failed, counts.quarantined) == (0, 0, 0)
+            assert [s async for s in log.read(types=OUTCOME_TYPES)] == []
+            assert await log.checkpoint("sender.poweroffice", "acme") < first
+            patches = [r for r in fake.requests if r.method == "PATCH"]
+            assert len(patches) == (2 if status == 401 else 1)  # one product tried, then the lane stopped
+
+            fake.faults.clear()
+            summary = await Sender(log, [acme], poweroffice=client).run_once()
+            assert (summary.delivered, summary.tenants["acme"].refused) == (5, None)
+            assert all(fake.company("ck-acme").products[pid]["StockOnHand"] == 3.0 for pid in ids)
+    finally:
+        await log.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 9: a goods owner that is down is noticed
+
+
+async def test_a_goods_owner_that_is_down_is_noticed_paused_and_probed(world: World) -> None:
+    """After 3 transient failures in a row the lane stops sending (the rest wait, no outcome), reports degraded,
+    probes with one command once the cool-down is over, doubles the cool-down (capped) while the probe fails, and
+    delivers everything once a probe succeeds. Virtual time: the breakers' clock is a variable."""
+    now = [0.0]
+    breakers = Breakers(threshold=3, cooldown=10.0, max_cooldown=30.0, clock=lambda: now[0])
+    world.tenants = [tenant("acme", ACME), tenant("beta", BETA)]
+    world.fake.faults.add(Fault("status", status=503), method="PUT", path="/articles", times=None)
+    for i in range(20):
+        await world.add(article_cmd(ACME, f"A{i}"))
+    await world.add(article_cmd(BETA, "B1"), "beta")
+
+    def puts() -> int:
+        return len(world.fake.writes(ACME))
+
+    summary = await world.run(breakers=breakers)
+    acme = summary.tenants["acme"]
+    assert (acme.delivered, acme.failed, acme.waiting) == (0, 3, 17)  # held by the open breaker: they wait
+    assert acme.degraded is not None
+    assert "3 transient failures in a row" in acme.degraded
+    assert "17 commands wait" in acme.degraded
+    assert puts() == 3 * 3  # three commands, three attempts each (the fixture's policy)
+    assert summary.tenants["beta"].degraded is None  # beta's writes fail too, but only one in a row
+    assert len(await world.unanswered()) == 17  # beta's B1 failed transiently: it has an outcome
+
+    world.fake.requests.clear()
+    for at, sent, degraded in [(9.9, 0, True), (10.0, 3, True), (29.9, 0, True), (30.0, 3, True)]:
+        now[0] = at
+        summary = await world.run(breakers=breakers)
+        assert (puts(), summary.tenants["acme"].degraded is not None) == (sent, degraded), at
+        assert summary.tenants["acme"].failed == sent // 3
+        world.fake.requests.clear()
+    # The cool-down grew 10 → 20 → 40, capped at 30: the next probe is due at 60, not 70.
+    world.fake.faults.clear()
+    now[0] = 59.9
+    assert (await world.run(breakers=breakers)).tenants["acme"].delivered == 0
+    now[0] = 60.0
+    summary = await world.run(breakers=breakers)
+    assert (summary.tenants["acme"].delivered, summary.tenants["acme"].degraded) == (20, None)
+    assert await world.unanswered() == []
+    assert len(world.fake.writes(ACME)) == 20  # since the last clear: one write per article, the probe included
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 9: one write in flight, truly
+
+
+async def test_a_write_that_timed_out_is_settled_before_the_next_write_goes(world: World) -> None:
+    """The server takes longer over a write than the client waits: the retry and the next write wait until the
+    timed-out write has settled, so the goods owner never has two writes at the server at once."""
+    world.fake.slow_turns.add(Fault("latency", seconds=0.8), method="PUT", path="/articles", times=1)
+    for i in range(3):
+        await world.add(article_cmd(ACME, f"A{i}"))
+    summary = await world.run(ongoing_settle=1.0)
+    assert (summary.delivered, summary.failed) == (3, 0)
+    assert world.fake.peak_in_flight(ACME) == 1
+    writes = sorted(world.fake.writes(ACME), key=lambda r: r.at)
+    assert len(writes) == 4  # the timed-out write (applied), its retry, and the two others
+    assert all(a.ended <= b.at for a, b in itertools.pairwise(writes)), "two writes overlapped at the server"

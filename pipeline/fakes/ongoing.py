@@ -23,7 +23,11 @@ What it does (paths are under `/{warehouse}/api/v1`):
   `GET /orders/{id}`, `GET /orders/statuses`.
 - Every request is logged (`requests`, `OngoingRequest` with arrival and end times, goods owner and entity), the
   shared `FaultScript` is applied before anything else, and `hold()` can park the answer to a write after it was
-  applied (to kill a client between the server's work and its reading the answer).
+  applied (to kill a client between the server's work and its reading the answer). `after_apply`, a second
+  `FaultScript`, replaces the answer of a write that *was applied* (a 5xx, a hang past the client's timeout, a
+  dropped connection): the server did the work, the client hears it failed. `slow_turns`, a third, makes a
+  matching write's turn longer by a `latency` fault's seconds: the server is still processing it (and counts it
+  in flight) while the client may have timed out.
 - `validator`, when given, checks every write body (e.g. against the published JSON schemas in the tests): a
   violation is answered 400 and recorded in `schema_violations`.
 """
@@ -192,6 +196,8 @@ class FakeOngoing:
         self.clock = clock
         self.validator = validator
         self.faults = FaultScript()
+        self.after_apply = FaultScript()  # faults on the answer of a write that was applied
+        self.slow_turns = FaultScript()  # latency faults lengthening a write's turn (processing time)
         self.requests: list[OngoingRequest] = []
         self.schema_violations: list[str] = []
         self.holds: list[Hold] = []
@@ -420,7 +426,9 @@ class FakeOngoing:
                 # and checking the body is part of the turn, not extra time on top of it.
                 started = max(info["arrived"], owner.turn_free_at)
                 latency = self.write_latencies.get(goods_owner_id, self.write_latency)
-                delay = started + latency - self._monotonic()
+                slow = self.slow_turns.take(request.method, request.path)
+                extra = slow.seconds if slow is not None and slow.kind == "latency" else 0.0
+                delay = started + latency + extra - self._monotonic()
                 if delay > 0:
                     await anyio.sleep(delay)
                 response = apply(goods_owner_id, body)
@@ -431,6 +439,15 @@ class FakeOngoing:
             owner.in_flight -= 1
         info["ended"] = self._monotonic()
         await self._maybe_hold(request, info["entity"])
+        lost = self.after_apply.take(request.method, request.path)
+        if lost is not None:
+
+            async def applied(_request: web.Request) -> web.StreamResponse:
+                return response
+
+            answer = await apply_fault(lost, request, applied)
+            assert isinstance(answer, web.Response)
+            return answer
         return response
 
     async def _maybe_hold(self, request: web.Request, entity: str) -> None:

@@ -2,35 +2,36 @@
 
 A `StageRunner` (`pipeline.senders.Sender` is the ready-made one) runs *stages*, one per target system
 (`OngoingStage`, `StockBackStage`), for every tenant. One `run_once` does, per (stage, tenant) *lane*: load what
-the log says, deliver what is pending, record each outcome.
+the log says, decide with the pure `pipeline.senders.plan.plan`, carry the plan out, record each outcome.
 
-**What is pending.** Per entity (`article:A1`, `order:<invoice>`, `stockback:<product>`) only its newest command
-is ever sent; older unanswered ones are answered `CommandSkipped("superseded by …")`. The entity's newest
-outcome-or-re-drive event (`EventLog.latest`) decides:
-- none, `CommandSucceeded` or `CommandSkipped`: send its newest command that has no outcome yet, if any;
-- `CommandFailed(permanent=False)` (a transient failure that used up its retries): send its newest command again;
-- `CommandFailed(permanent=True)`: the entity is **quarantined**; its newer commands wait, counted `waiting`;
-- `EntityRedriven` (operator): the quarantine is lifted and its newest command is sent again.
-A stage may still decide not to send (identical to what was delivered, an order already delivered or started in
-the warehouse): that is a `CommandSkipped` with the reason. Nothing is dropped without an event saying so.
+**The rules** (issue 8; each has a row in `tests/test_sender_plan.py` and a test in `tests/test_senders.py`):
+- Only an entity's newest command is sent; older ones without a terminal outcome get `CommandSkipped(superseded)`.
+- Terminal outcomes are a success, a skip and a permanent failure. A transient failure is not: the command is sent
+  again next run, and the checkpoint stays below it.
+- A command is never passed without a terminal outcome: the checkpoint never moves past a command that is sent,
+  waits, or failed only transiently.
+- A permanent failure quarantines the entity. A new command for a quarantined entity is tried (new data is the
+  usual fix); the failed command itself is sent again only after `redrive`.
+- Only a delivered command or `redrive` (`EntityRedriven`) ends a quarantine; a skip (superseded or not) never does.
+- "Already delivered" (a skip, not a write) means the newest *attempt* for the entity, success or failure,
+  succeeded with the same content: a write the server applied but answered with an error is no delivery.
+- A 401/403 on a write stops that tenant's stage for this run, records nothing and quarantines nothing; it is
+  reported in `TenantSummary.refused`, and the next run (after the credentials are fixed) delivers everything.
+- A command that needs other entities (an order, its articles) waits while any of them is not delivered or is
+  quarantined, counted `waiting` and named in `TenantSummary.waits`; it goes the moment the last of them is
+  delivered, in this run or a later one.
+- A stage may still decide not to send (an order already delivered or started in the warehouse): that is a
+  `CommandSkipped` with the reason. Nothing is dropped without an event saying so.
 
 **Outcomes and checkpoints.** Each outcome is appended with the lane's checkpoint (`sender.ongoing` or
-`sender.poweroffice`, per tenant) in one transaction. The checkpoint only tells where to start reading new
-commands; it is not the memory of what is still owed:
-- it moves past every command with an outcome, and past commands held by a quarantine: those are found again
-  from the entity's latest events when an `EntityRedriven` (or a transient failure) is seen, whatever the
-  checkpoint;
-- it stays *below* a command that waits for another entity (an order whose articles are not delivered yet),
-  which has no event of its own: the next run reads it again. So a long-quarantined article makes later runs
-  re-read the orders after that point, which costs reading, not correctness.
-A crash between a target's answer and the outcome's append leaves the command without an outcome, so the next
-run sends it again: an upsert repeated once, never an order created twice (the order stage looks first). A run
-that finds nothing to do writes nothing, except to move the checkpoint over new events of other kinds.
+`sender.poweroffice`, per tenant) in one transaction. The checkpoint only tells where to start reading; a re-drive
+or a transient failure from before it is found again from the entity's newest events. A crash between a target's
+answer and the outcome's append leaves the command without an outcome, so the next run sends it again: an upsert
+repeated once, never an order created twice (the order stage looks first). A run that finds nothing to do writes
+nothing, except to move the checkpoint over new events of other kinds.
 
 **Concurrency.** Lanes run side by side, at most `parallel` per stage. Within a lane a stage sets how many
-deliveries run at once (`in_flight`: 1 for Ongoing, whose writes are one at a time per goods owner). A command
-whose `blockers` (entities that must have been delivered first) are not all delivered is parked and released the
-moment the last of them succeeds in the same run; still parked at the end, it is counted `waiting`.
+deliveries run at once (`in_flight`: 1 for Ongoing, whose writes are one at a time per goods owner).
 Retries with backoff happen inside the target clients (bounded attempts and time, Retry-After); a lane sees only
 the final answer. One sender per log at a time: two would both deliver (harmlessly) and both record.
 """
@@ -45,14 +46,14 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from pipeline.clients.http import Attempts
 from pipeline.config import TenantSettings
-from pipeline.errors import ApiError, MappingError, StoreError, trim
+from pipeline.errors import ApiError, AuthError, MappingError, StoreError, trim
 from pipeline.eventlog.base import EventLog, NewEvent, StoredEvent
 from pipeline.events import (
     OUTCOME_TYPES,
@@ -62,11 +63,17 @@ from pipeline.events import (
     EntityRedriven,
     Event,
 )
+from pipeline.senders.breaker import Breakers, CircuitBreaker
+from pipeline.senders.plan import Attempt, History, Omit, Plan, Send, Wait, plan, terminal, wait_reason
 
 logger = logging.getLogger(__name__)
 
 # The events that say where an entity stands: outcomes and the operator's re-drive.
 MARK_TYPES = (*OUTCOME_TYPES, EntityRedriven.TYPE)
+# An attempt: the target was written to (or tried to be). "Already delivered" looks at the newest one.
+ATTEMPT_TYPES = (CommandSucceeded.TYPE, CommandFailed.TYPE)
+# What starts or ends a quarantine (a skip does neither).
+STANDING_TYPES = (CommandSucceeded.TYPE, CommandFailed.TYPE, EntityRedriven.TYPE)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -106,14 +113,24 @@ Result = Delivered | Skip | Fail
 
 @dataclass(slots=True)
 class TenantSummary:
-    """One tenant's counts for a run. `waiting`: commands held by a quarantine or by undelivered articles;
-    `quarantined`: entities whose last outcome is a permanent failure, at the end of the run."""
+    """One tenant's counts for a run.
+
+    `waiting`: commands that wait for other entities (an order for its articles), with `waits` naming, per
+    waiting entity, what it waits for; `quarantined`: entities whose newest attempt failed permanently (not
+    re-driven), at the end of the run; `refused`: set when a target refused the tenant's credentials, which
+    stopped that stage for the tenant in this run (nothing was quarantined: the next run sends it all);
+    `degraded`: set while a stage's circuit breaker for the tenant is open (its system looks down: its commands
+    wait, with no outcome, until a probe succeeds).
+    """
 
     delivered: int = 0
     skipped: int = 0
     failed: int = 0
     waiting: int = 0
     quarantined: int = 0
+    refused: str | None = None
+    degraded: str | None = None
+    waits: dict[str, str] = field(default_factory=dict)
 
     def add(self, other: TenantSummary) -> None:
         self.delivered += other.delivered
@@ -121,6 +138,11 @@ class TenantSummary:
         self.failed += other.failed
         self.waiting += other.waiting
         self.quarantined += other.quarantined
+        if other.refused is not None:
+            self.refused = _joined(self.refused, other.refused)
+        if other.degraded is not None:
+            self.degraded = _joined(self.degraded, other.degraded)
+        self.waits.update(other.waits)
 
 
 @dataclass(slots=True)
@@ -166,6 +188,8 @@ class LaneView:
     log: EventLog
     # entity -> its latest CommandSucceeded, kept current as this run delivers.
     delivered: dict[str, CommandSucceeded]
+    # the lane's circuit breaker (which also keeps the lane's write settle time), kept across runs
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
     async def delivered_command(self, entity: str) -> StoredEvent | None:
         """The command last delivered for `entity` (None if never)."""
@@ -188,9 +212,13 @@ class Stage(ABC):
         """Whether this stage runs for `tenant` at all."""
         return True
 
-    def blockers(self, command: StoredEvent, view: LaneView) -> set[str]:
-        """Entities that must have been delivered before `command` may go (empty: it may go now)."""
-        return set()
+    def needs(self, command: Event) -> tuple[str, ...]:
+        """Entities that must be delivered (and not quarantined) before `command` may go. Pure."""
+        return ()
+
+    def identical(self, new: StoredEvent, last: StoredEvent) -> str | None:
+        """The skip reason when `new` would write what `last` (the newest attempt, delivered) wrote. Pure."""
+        return None
 
     @abstractmethod
     async def deliver(self, command: StoredEvent, view: LaneView, attempts: Attempts) -> Result:
@@ -212,6 +240,7 @@ class StageRunner:
         tenants: Sequence[TenantSettings],
         *,
         parallel: int = 8,
+        breakers: Breakers | None = None,
     ) -> None:
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
@@ -219,6 +248,8 @@ class StageRunner:
         self.stages = tuple(stages)
         self.tenants = tuple(tenants)
         self.parallel = parallel
+        # Pass one `Breakers` for the life of the process, so a cool-down spans runs; without, each run has its own.
+        self.breakers = breakers if breakers is not None else Breakers()
 
     async def run_once(self, *, expired: Callable[[], bool] | None = None) -> SendSummary:
         """Deliver everything deliverable now. Raises StoreError if the log fails (after the other lanes end);
@@ -234,7 +265,8 @@ class StageRunner:
             counts = TenantSummary()
             try:
                 async with limiter:
-                    await _Lane(self.log, stage, tenant, counts, expired).run()
+                    breaker = self.breakers.lane(stage.name, tenant.name)
+                    await _Lane(self.log, stage, tenant, counts, breaker=breaker, expired=expired).run()
             except Exception as exc:  # one broken lane must not cancel the others; re-raised below
                 logger.exception("sender %s for tenant %s failed", stage.name, tenant.name)
                 errors.append(exc)
@@ -278,7 +310,7 @@ class _Watermark:
 
 
 class _Lane:
-    """One stage for one tenant, for one run."""
+    """One stage for one tenant, for one run: load what the log says, `plan`, carry the plan out."""
 
     def __init__(
         self,
@@ -286,119 +318,168 @@ class _Lane:
         stage: Stage,
         tenant: TenantSettings,
         counts: TenantSummary,
+        breaker: CircuitBreaker | None = None,
         expired: Callable[[], bool] | None = None,
     ) -> None:
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.log = log
         self.expired = expired or (lambda: False)
         self.stage = stage
         self.tenant = tenant
         self.counts = counts
-        self.view = LaneView(tenant, log, {})
-        self.pending: list[StoredEvent] = []
+        self.view = LaneView(tenant, log, {}, self.breaker)
         self.quarantined: set[str] = set()
         self.checkpoint = 0
         self.watermark = _Watermark(0)
+        self.refused: str | None = None
+        self.held = 0  # commands not sent because the breaker is open
         self._record_lock = anyio.Lock()
 
     async def run(self) -> None:
-        await self._load()
-        await self._deliver_all()
+        decided = await self._plan()
+        await self._carry_out(decided)
         self.counts.quarantined += len(self.quarantined)
+        if self.refused is not None:
+            self.counts.refused = _joined(self.counts.refused, self.refused)
+        if self.breaker.is_open:
+            held = f" ({self.held} commands wait)" if self.held else ""
+            self.counts.degraded = _joined(self.counts.degraded, f"{self.stage.name}: {self.breaker.describe()}{held}")
 
-    # -- loading -----------------------------------------------------------------------------------------------
+    # -- loading and planning ----------------------------------------------------------------------------------
 
-    async def _load(self) -> None:
+    async def _plan(self) -> Plan:
+        """Read the lane's state from the log, decide with `plan`, and record the skips with the checkpoint."""
         stage, name, log = self.stage, self.tenant.name, self.log
         self.checkpoint = await log.checkpoint(stage.name, name)
-        marks = {e: ev for (_, e), ev in (await log.latest(MARK_TYPES, tenant=name)).items() if stage.owns(e)}
-        successes = await log.latest([CommandSucceeded.TYPE], tenant=name)
-        self.view.delivered = {
-            e: ev.event for (_, e), ev in successes.items() if stage.owns(e) and isinstance(ev.event, CommandSucceeded)
-        }
         head = await log.max_position()
-        self.watermark = _Watermark(head)
 
-        commands: dict[str, list[StoredEvent]] = defaultdict(list)
-        answered: set[int] = set()
+        async def latest(types: Sequence[str]) -> dict[str, StoredEvent]:
+            return {e: ev for (_, e), ev in (await log.latest(types, tenant=name)).items() if stage.owns(e)}
+
+        marks = await latest(MARK_TYPES)
+        attempts = await latest(ATTEMPT_TYPES)
+        standing = await latest(STANDING_TYPES)
+        successes = await latest([CommandSucceeded.TYPE])
+        self.view.delivered = {e: ev.event for e, ev in successes.items() if isinstance(ev.event, CommandSucceeded)}
+
+        commands: list[StoredEvent] = []
+        outcomes: dict[int, list[Event]] = defaultdict(list)
         async for stored in log.read(
             after=self.checkpoint, upto=head, tenant=name, types=(*stage.command_types, *OUTCOME_TYPES)
         ):
             if not stage.owns(stored.entity):
                 continue
             if stored.type in stage.command_types:
-                commands[stored.entity].append(stored)
+                commands.append(stored)
             else:
-                answered.add(_command_of(stored.event))
-
-        # Entities to pick up from before the checkpoint: re-driven, or failed transiently last time.
-        for entity, last in marks.items():
-            if entity in commands or not (_is_redrive(last) or _is_transient_failure(last)):
+                outcomes[_command_of(stored.event)].append(stored.event)
+        seen = {c.entity for c in commands}
+        # Entities to pick up from before the checkpoint: re-driven, or failed transiently (a log written before
+        # the checkpoint stayed below such commands).
+        for entity, mark in marks.items():
+            if entity in seen or not (_is_redrive(mark) or _is_transient_failure(mark)):
                 continue
-            found = await log.latest(stage.command_types, tenant=name, entity=entity)
-            latest = found.get((name, entity))
-            if latest is not None:
-                commands[entity].append(latest)
-
-        superseded: list[tuple[StoredEvent, StoredEvent]] = []
-        for entity, cmds in commands.items():
-            for command in cmds:
-                if command.position > self.checkpoint:
-                    self.watermark.open(command.position)
-                    if command.position in answered:
-                        self.watermark.close(command.position)
-            mark = marks.get(entity)
-            unanswered = [c for c in cmds if c.position not in answered]
-            newest = unanswered[-1] if unanswered else None
-            send: StoredEvent | None = None
-            if mark is not None and _is_quarantine(mark):
-                self.quarantined.add(entity)
-                if newest is not None:
-                    # Held until an operator re-drives the entity: found again from its latest command then.
-                    self.watermark.close(newest.position)
-                    self.counts.waiting += 1
-            elif mark is not None and (_is_redrive(mark) or _is_transient_failure(mark)):
-                send = newest = cmds[-1]
-            else:
-                send = newest
+            newest = (await log.latest(stage.command_types, tenant=name, entity=entity)).get((name, entity))
             if newest is not None:
-                superseded.extend((c, newest) for c in unanswered if c.position < newest.position)
-            if send is not None:
-                self.pending.append(send)
-        self.pending.sort(key=lambda c: c.position)
+                commands.append(newest)
+                seen.add(entity)
 
-        # Record the superseded commands (and move the checkpoint over everything already settled) at once.
-        events = []
-        for older, newer in superseded:
-            self.watermark.close(older.position)
-            events.append(
-                self._outcome(older, CommandSkipped(older.position, f"superseded by the command at {newer.position}"))
+        history: dict[str, History] = {}
+        for entity in marks.keys() | standing.keys():
+            attempt: Attempt | None = None
+            tried = attempts.get(entity)
+            if entity in seen and tried is not None:
+                attempted = await log.get(_command_of(tried.event))
+                if attempted is not None:
+                    attempt = Attempt(attempted, isinstance(tried.event, CommandSucceeded))
+            newest_mark = marks.get(entity)
+            history[entity] = History(
+                attempt=attempt,
+                delivered=entity in self.view.delivered,
+                quarantined=await self._quarantined(entity, standing.get(entity)),
+                redriven=newest_mark is not None and _is_redrive(newest_mark),
             )
-            self.counts.skipped += 1
-        checkpoint = max(self.checkpoint, self.watermark.value)
+
+        decided = plan(
+            commands,
+            outcomes,
+            self.checkpoint,
+            head=head,
+            history=history,
+            needs=stage.needs,
+            identical=stage.identical,
+        )
+        self.quarantined = set(decided.quarantined)
+        self.watermark = _Watermark(head)
+        for position in [s.command.position for s in decided.sends] + [w.command.position for w in decided.waits]:
+            self.watermark.open(position)
+        events = [
+            self._outcome(skip.command, CommandSkipped(skip.command.position, skip.reason)) for skip in decided.skips
+        ]
+        self.counts.skipped += len(events)
+        checkpoint = max(self.checkpoint, decided.checkpoint)
         if events or checkpoint != self.checkpoint:
             await log.append(events, checkpoints={(stage.name, name): checkpoint})
             self.checkpoint = checkpoint
+        return decided
 
-    # -- delivering --------------------------------------------------------------------------------------------
+    async def _quarantined(self, entity: str, standing: StoredEvent | None) -> bool:
+        """Whether the newest of (success, permanent failure, re-drive) for `entity` is a permanent failure.
 
-    async def _deliver_all(self) -> None:
-        ready = [(c.position, c) for c in self.pending]
+        `standing` is the newest of (success, any failure, re-drive); only when it is a transient failure is the
+        entity's history read further back (transient failures neither start nor end a quarantine)."""
+        if standing is None:
+            return False
+        if not _is_transient_failure(standing):
+            return _is_quarantine(standing)
+        last: StoredEvent | None = None
+        async for stored in self.log.read(tenant=self.tenant.name, entity=entity, types=STANDING_TYPES):
+            if not _is_transient_failure(stored):
+                last = stored
+        return last is not None and _is_quarantine(last)
+
+    # -- carrying the plan out ---------------------------------------------------------------------------------
+
+    def _blockers(self, command: StoredEvent) -> set[str]:
+        """What `command` still waits for now: needed entities not delivered, or quarantined (also in this run)."""
+        return {e for e in self.stage.needs(command.event) if e not in self.view.delivered or e in self.quarantined}
+
+    async def _carry_out(self, decided: Plan) -> None:
+        ready: list[tuple[int, StoredEvent]] = []
+        for decision in decided.decisions:
+            match decision:
+                case Send(command=command):
+                    ready.append((command.position, command))
+                case Wait(command=command):
+                    ready.append((command.position, command))  # its blockers may be delivered in this run
+                case Omit():
+                    pass  # recorded with the plan
+                case _:
+                    assert_never(decision)
         heapq.heapify(ready)
         parked: dict[str, list[StoredEvent]] = defaultdict(list)
-        missing: dict[int, set[str]] = {}
+        missing: dict[int, tuple[StoredEvent, set[str]]] = {}
         running = started = 0
         finished, finished_out = anyio.create_memory_object_stream[tuple[StoredEvent, bool]](math.inf)
         with finished, finished_out:
             async with anyio.create_task_group() as tg:
                 while True:
-                    while ready and running < self.stage.in_flight and not (started and self.expired()):
+                    while (
+                        ready
+                        and running < self.stage.in_flight
+                        and self.refused is None
+                        and not (started and self.expired())
+                    ):
                         _, command = heapq.heappop(ready)
-                        blockers = self.stage.blockers(command, self.view)
+                        blockers = self._blockers(command)
                         if blockers:
-                            missing[command.position] = set(blockers)
+                            missing[command.position] = (command, blockers)
                             for blocker in blockers:
                                 parked[blocker].append(command)
                             continue
+                        if not self.breaker.admits():  # the system looks down: the rest waits for the cool-down
+                            heapq.heappush(ready, (command.position, command))
+                            break
                         running += 1
                         started += 1
                         tg.start_soon(self._deliver, command, finished)
@@ -409,12 +490,19 @@ class _Lane:
                     if not succeeded:
                         continue
                     for waiter in parked.pop(done.entity, []):
-                        left = missing[waiter.position]
+                        if waiter.position not in missing:
+                            continue
+                        _, left = missing[waiter.position]
                         left.discard(done.entity)
                         if not left:
                             del missing[waiter.position]
                             heapq.heappush(ready, (waiter.position, waiter))
-        self.counts.waiting += len(missing) + len(ready)  # `ready` is left only when the run expired
+        # `ready` is left when the breaker opened or the run expired: those commands have no outcome, so they wait.
+        self.held = len(ready)
+        self.counts.waiting += len(ready)
+        for command, left in missing.values():
+            self.counts.waiting += 1
+            self.counts.waits[command.entity] = wait_reason(sorted(left), self.quarantined)
 
     async def _deliver(self, command: StoredEvent, finished: MemoryObjectSendStream[tuple[StoredEvent, bool]]) -> None:
         attempts = Attempts()
@@ -424,6 +512,14 @@ class _Lane:
         except StoreError:
             raise
         except ApiError as exc:
+            if isinstance(exc, AuthError) or exc.status in (401, 403):
+                # The tenant's credentials, not this entity: stop the lane for this run, record nothing, so the
+                # command is sent again once the credentials work.
+                self.refused = f"{self.stage.name}: {exc}"
+                logger.error("%s %s: credentials refused; stage stopped for this run: %s", *self._who(), exc)
+                self.breaker.neutral()
+                await finished.send((command, False))
+                return
             result = Fail(str(exc), exc.status, permanent=not exc.transient)
         except (ValueError, MappingError) as exc:
             result = Fail(f"cannot be delivered: {exc}", None, permanent=True)
@@ -431,31 +527,37 @@ class _Lane:
             logger.exception("%s: delivering %s failed unexpectedly", self.stage.name, command.entity)
             result = Fail(f"unexpected {type(exc).__name__}: {exc}", None, permanent=True)
 
+        if isinstance(result, Fail) and not result.permanent:
+            self.breaker.failed()
+        elif isinstance(result, Delivered) or (isinstance(result, Fail) and result.status is not None):
+            self.breaker.succeeded()  # the system answered as a working one does
+        else:
+            self.breaker.neutral()
         outcome: Event
         if isinstance(result, Delivered):
             outcome = CommandSucceeded(command.position, result.ids, attempts.count, _message(result.message))
             self.counts.delivered += 1
-            self.quarantined.discard(command.entity)
         elif isinstance(result, Skip):
             outcome = CommandSkipped(command.position, result.reason)
             self.counts.skipped += 1
-            self.quarantined.discard(command.entity)
         else:
             outcome = CommandFailed(
                 command.position, result.status, trim(result.message), attempts.count, result.permanent
             )
             self.counts.failed += 1
-            if result.permanent:
-                self.quarantined.add(command.entity)
-            else:
-                self.quarantined.discard(command.entity)
             logger.warning("%s %s %s: %s", self.stage.name, self.tenant.name, command.entity, result.message)
         # Recorded before this delivery slot takes its next command, so a crash loses at most the answers of the
         # commands in flight (one per Ongoing lane): each is repeated once on the next run, no more.
         await self._record(command, outcome)
         if isinstance(outcome, CommandSucceeded):
             self.view.delivered[command.entity] = outcome
+            self.quarantined.discard(command.entity)  # only a delivery (or a re-drive) ends a quarantine
+        elif isinstance(outcome, CommandFailed) and outcome.permanent:
+            self.quarantined.add(command.entity)
         await finished.send((command, isinstance(result, Delivered)))
+
+    def _who(self) -> tuple[str, str]:
+        return self.stage.name, self.tenant.name
 
     # -- recording ---------------------------------------------------------------------------------------------
 
@@ -470,13 +572,19 @@ class _Lane:
         return NewEvent(self.tenant.name, command.entity, event, key, causation=command.position)
 
     async def _record(self, command: StoredEvent, event: Event) -> None:
-        """Append the outcome and move the checkpoint, in one transaction."""
+        """Append the outcome and move the checkpoint, in one transaction. A transient failure is no terminal
+        outcome: the checkpoint stays below the command, so the next run reads it and sends it again."""
         new = self._outcome(command, event)
         async with self._record_lock:  # so checkpoint moves are committed in the order they were computed
-            self.watermark.close(command.position)
+            if terminal([event]):
+                self.watermark.close(command.position)
             checkpoint = max(self.checkpoint, self.watermark.value)
             await self.log.append([new], checkpoints={(self.stage.name, self.tenant.name): checkpoint})
             self.checkpoint = checkpoint
+
+
+def _joined(first: str | None, second: str) -> str:
+    return second if not first else f"{first}; {second}"
 
 
 def _message(message: str | None) -> str | None:

@@ -20,7 +20,7 @@ from pipeline.clients.http import Attempts
 from pipeline.config import TenantSettings
 from pipeline.eventlog.base import StoredEvent
 from pipeline.events import StockPatchRequested
-from pipeline.senders.base import Delivered, Fail, LaneView, Result, Skip, Stage
+from pipeline.senders.base import Delivered, Fail, LaneView, Result, Stage
 
 
 class StockTarget(Protocol):
@@ -50,16 +50,19 @@ class StockBackStage(Stage):
             self._targets[tenant.name] = self._make_target(tenant)
         return self._targets[tenant.name]
 
+    def identical(self, new: StoredEvent, last: StoredEvent) -> str | None:
+        a, b = new.event, last.event
+        if (
+            isinstance(a, StockPatchRequested)
+            and isinstance(b, StockPatchRequested)
+            and (a.product_id, a.value) == (b.product_id, b.value)
+        ):
+            return f"StockOnHand {a.value:g} was delivered already (command at {last.position})"
+        return None
+
     async def deliver(self, command: StoredEvent, view: LaneView, attempts: Attempts) -> Result:
         event = command.event
         if not isinstance(event, StockPatchRequested):
             return Fail(f"{command.type} is not a command for PowerOffice")
-        previous = await view.delivered_command(command.entity)
-        if (
-            previous is not None
-            and isinstance(previous.event, StockPatchRequested)
-            and (previous.event.product_id, previous.event.value) == (event.product_id, event.value)
-        ):
-            return Skip(f"StockOnHand {event.value:g} was delivered already (command at {previous.position})")
         await self.target(view.tenant).patch_stock_on_hand(event.product_id, event.value, attempts=attempts)
         return Delivered({"productId": event.product_id, "stockOnHand": event.value})
