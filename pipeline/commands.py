@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from pipeline.config import Settings
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.eventlog.base import NewEvent
 from pipeline.eventlog.sqlite import SqliteEventLog
-from pipeline.events import EntityRedriven
+from pipeline.events import OUTCOME_TYPES, CommandFailed, EntityRedriven
 from pipeline.replay import Kind
 from pipeline.replay import replay as replay_
 from pipeline.runtime import CycleReport, Runtime
@@ -68,7 +69,7 @@ async def run_forever(
 
     async with (
         Runtime(settings) as runtime,
-        serve(status, settings.status_host, settings.status_port) as url,
+        _status_server(serve(status, settings.status_host, settings.status_port), settings) as url,
         anyio.create_task_group() as tg,
     ):
         console.print(f"status: {url}/  health: {url}/healthz  metrics: {url}/metrics")
@@ -92,6 +93,24 @@ async def run_forever(
     return 0
 
 
+@asynccontextmanager
+async def _status_server(server: AbstractAsyncContextManager[str], settings: Settings) -> AsyncIterator[str]:
+    """The status server; failing to listen is a config problem naming the keys, not a traceback."""
+    try:
+        url = await server.__aenter__()
+    except OSError as exc:
+        where = f"{settings.status_host}:{settings.status_port}"
+        problem = f"cannot listen on {where}: {exc.strerror or exc} (choose a free port, or 0 for any)"
+        raise ConfigError([f"status_host/status_port: {problem}"], str(settings.source or "config")) from None
+    try:
+        yield url
+    except BaseException as exc:
+        if not await server.__aexit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await server.__aexit__(None, None, None)
+
+
 async def replay(
     console: Console,
     settings: Settings,
@@ -102,7 +121,7 @@ async def replay(
     dry_run: bool,
     resend_orders: bool,
 ) -> int:
-    async with await SqliteEventLog.open(settings.database) as log_:
+    async with await SqliteEventLog.open(settings.database, mode="existing") as log_:
         report = await replay_(
             log_,
             settings,
@@ -120,11 +139,23 @@ async def replay(
 
 
 async def audit(console: Console, settings: Settings, args: argparse.Namespace) -> int:
-    async with await SqliteEventLog.open(settings.database) as log_:
+    async with await SqliteEventLog.open(settings.database, mode="existing") as log_:
+        tenant = getattr(args, "tenant", None)
+        if tenant is not None:
+            await _known_tenant(log_, settings, tenant)
         if args.audit == "history":
-            out.print_rows(console, await audit_.history(log_, args.tenant, args.entity), as_json=args.json)
+            entities = await audit_.resolve(log_, args.tenant, args.entity)
+            if not entities:
+                raise ConfigError(
+                    [f"{args.tenant} has no entity, SKU, order number or invoice number {args.entity!r} in the log"],
+                    "command line",
+                )
+            out.print_rows(console, await audit_.histories(log_, args.tenant, entities), as_json=args.json)
         elif args.audit == "lineage":
-            out.print_rows(console, await audit_.lineage(log_, args.position), as_json=args.json)
+            rows = await audit_.lineage(log_, args.position)
+            if not rows:
+                raise ConfigError([f"no event at position {args.position}"], "command line")
+            out.print_rows(console, rows, as_json=args.json)
         elif args.audit == "failures":
             rows = await audit_.failures(log_, args.tenant)
             out.print_rows(console, rows, as_json=args.json)
@@ -132,16 +163,35 @@ async def audit(console: Console, settings: Settings, args: argparse.Namespace) 
         elif args.audit == "stats":
             out.print_table(console, ("tenant", "type", "events"), await audit_.stats(log_), as_json=args.json)
         elif args.audit == "sql":
-            result = await audit_.sql(log_, args.query)
-            width = len(result[0]) if result else 0
-            out.print_table(console, [f"c{i}" for i in range(width)], result, as_json=args.json)
+            header, result = await audit_.sql(log_, args.query, timeout=args.timeout)
+            out.print_table(console, header, result, as_json=args.json)
     return 0
 
 
+async def _known_tenant(log_: SqliteEventLog, settings: Settings, tenant: str) -> None:
+    """A tenant of the config, or one the log still holds events of; anything else is a typing error."""
+    if tenant in {t.name for t in settings.tenants} or tenant in await audit_.tenants(log_):
+        return
+    names = ", ".join(t.name for t in settings.tenants)
+    raise ConfigError([f"no tenant named {tenant!r} (the config has: {names})"], "command line")
+
+
 async def redrive(console: Console, settings: Settings, tenant: str, entity: str, reason: str) -> int:
+    """Release a quarantined entity. Refuses an unknown tenant or entity, and an entity that is not quarantined."""
     if tenant not in {t.name for t in settings.tenants}:
-        raise ConfigError([f"no tenant named {tenant!r}"], "command line")
-    async with await SqliteEventLog.open(settings.database) as log_:
+        names = ", ".join(t.name for t in settings.tenants)
+        raise ConfigError([f"no tenant named {tenant!r} (the config has: {names})"], "command line")
+    async with await SqliteEventLog.open(settings.database, mode="existing") as log_:
+        if not await log_.query("SELECT 1 FROM events WHERE tenant = ? AND entity = ? LIMIT 1", (tenant, entity)):
+            raise ConfigError(
+                [f"{tenant} has no entity {entity!r} in the log (`pipeline audit failures` lists the quarantined)"],
+                "command line",
+            )
+        marks = await log_.latest([*OUTCOME_TYPES, EntityRedriven.TYPE], tenant=tenant, entity=entity)
+        mark = marks.get((tenant, entity))
+        if mark is None or not (isinstance(mark.event, CommandFailed) and mark.event.permanent):
+            last = f"its last outcome is #{mark.position} {mark.type}" if mark else "it has no outcome yet"
+            raise ConfigError([f"{tenant} {entity} is not quarantined ({last}); nothing to release"], "command line")
         stamp = await log_.max_position()
         event = EntityRedriven(reason=reason, by="operator")
         await log_.append([NewEvent(tenant, entity, event, f"{tenant}/{entity}/redrive/{stamp}")])

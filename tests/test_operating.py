@@ -1,0 +1,249 @@
+"""Operating the service from the command line: the log's file (missing, older schema, backup), the status port,
+the option places and help texts, JSON logs, and `pipeline check`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from pipeline.cli import build_parser, main
+from pipeline.eventlog.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteEventLog, _split
+from pipeline.fakes.world import World, fake_world
+from pipeline.logs import JsonLines, configure_logging
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    async with fake_world(2, products=6, customers=3, invoices=6, requests_per_second=1000) as w:
+        yield w
+
+
+@pytest.fixture
+def config(world: World, tmp_path: Path) -> Path:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(world.config_toml("data/pipeline.db", requests_per_second=1000), encoding="utf-8")
+    return path
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the CLI in a worker thread (it starts its own event loop); returns (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = await anyio.to_thread.run_sync(main, list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def older_log(path: Path, version: int) -> None:
+    """A log file as an older release left it: migrations up to `version` only, one event in it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:version]:
+        for statement in _split(script):
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.execute(
+        "INSERT INTO events (recorded_at, tenant, entity, type, schema_version, payload, dedupe_key)"
+        " VALUES ('2026-11-01T00:00:00.000000Z', 'x', 'replay', 'replay.recorded', 1, '{}', 'k')"
+    )
+    conn.commit()
+    conn.close()
+
+
+def prepend(config: Path, text: str) -> None:
+    config.write_text(text + config.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def user_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------------------------------- the log's file
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["audit", "stats"],
+        ["audit", "failures"],
+        ["replay", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-02T00:00:00Z"],
+        ["redrive", "nordlys", "article:P-00001"],
+    ],
+)
+async def test_rule_reading_commands_refuse_a_missing_log_and_create_nothing(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """audit, replay and redrive on a missing file: one line, exit 2, and neither the file nor its folder appear."""
+    code, _, err = await cli(capsys, "--config", str(config), *command)
+    assert code == 2
+    assert f"no event log at {tmp_path / 'data' / 'pipeline.db'}; run sync first" in err
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.anyio
+async def test_rule_audit_never_migrates_an_older_log(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """audit on a file of an older schema refuses (naming `pipeline migrate`) and leaves the file as it was."""
+    db = tmp_path / "data" / "pipeline.db"
+    older_log(db, SCHEMA_VERSION - 1)
+    code, _, err = await cli(capsys, "--config", str(config), "audit", "stats")
+    assert code == 2
+    assert "pipeline migrate" in err
+    assert user_version(db) == SCHEMA_VERSION - 1
+    assert not list(db.parent.glob("*.bak"))
+
+
+@pytest.mark.anyio
+async def test_rule_migrate_takes_a_backup_first_and_says_so(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pipeline migrate` copies the older file to <db>.v<N>.bak, upgrades, and prints both; a second run is a no-op."""
+    db = tmp_path / "data" / "pipeline.db"
+    old = SCHEMA_VERSION - 1
+    older_log(db, old)
+    code, out, _ = await cli(capsys, "--config", str(config), "migrate")
+    assert code == 0
+    assert f"upgraded from schema v{old} to v{SCHEMA_VERSION}" in out
+    bak = tmp_path / "data" / f"pipeline.db.v{old}.bak"
+    assert user_version(bak) == old
+    assert user_version(db) == SCHEMA_VERSION
+    conn = sqlite3.connect(bak)
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+    conn.close()
+    code, out, _ = await cli(capsys, "--config", str(config), "migrate")
+    assert (code, "is current; nothing to do" in out) == (0, True)
+
+
+@pytest.mark.anyio
+async def test_rule_sync_upgrades_with_a_backup_and_logs_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Opening for writing (sync/run) upgrades an older file after copying it, and logs the upgrade."""
+    db = tmp_path / "pipeline.db"
+    older_log(db, SCHEMA_VERSION - 1)
+    with caplog.at_level(logging.WARNING, logger="pipeline.eventlog.sqlite"):
+        async with await SqliteEventLog.open(db) as log:
+            assert await log.max_position() == 1
+    assert user_version(db) == SCHEMA_VERSION
+    assert (tmp_path / f"pipeline.db.v{SCHEMA_VERSION - 1}.bak").exists()
+    assert "upgrading the event log" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_backup_copies_a_log_while_it_is_open_for_writing(
+    config: Path, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pipeline backup FILE` copies every event while another connection holds the log; refuses to overwrite."""
+    code, _, _ = await cli(capsys, "--config", str(config), "sync")
+    assert code == 0
+    db = tmp_path / "data" / "pipeline.db"
+    async with await SqliteEventLog.open(db) as log:  # as `run` would hold it
+        events = await log.max_position()
+        code, out, _ = await cli(capsys, "--config", str(config), "backup", str(tmp_path / "copy.db"))
+        assert code == 0
+        assert "copied to" in out
+    conn = sqlite3.connect(tmp_path / "copy.db")
+    assert conn.execute("SELECT max(position) FROM events").fetchone()[0] == events
+    conn.close()
+    code, _, err = await cli(capsys, "--config", str(config), "backup", str(tmp_path / "copy.db"))
+    assert code == 2
+    assert "exists already" in err
+
+
+# ---------------------------------------------------------------------------------------------- status port
+
+
+@pytest.mark.anyio
+async def test_rule_a_taken_status_port_is_one_line_naming_the_key(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run` with status_port taken by another socket: one line naming status_host/status_port, exit 2."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        prepend(config, f"status_port = {port}\n")
+        code, _, err = await cli(capsys, "--config", str(config), "run")
+    assert code == 2
+    assert f"status_host/status_port: cannot listen on 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 2  # "error: <file>: 1 problem(s):" and the problem
+
+
+# ------------------------------------------------------------------------------------------ options and help
+
+
+def test_options_work_before_and_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--config` and `-v` are read on either side of the command; `--json` also after the audit question."""
+    parser = build_parser()
+    assert parser.parse_args(["sync", "--config", "f.toml"]).config == "f.toml"
+    assert parser.parse_args(["--config", "f.toml", "sync"]).config == "f.toml"
+    assert parser.parse_args(["--config", "f.toml", "sync", "-v"]).verbose is True
+    assert parser.parse_args(["sync"]).config is None
+    assert parser.parse_args(["audit", "stats", "--json"]).json is True
+    assert parser.parse_args(["audit", "--json", "stats"]).json is True
+    assert parser.parse_args(["audit", "stats"]).json is False
+    args = parser.parse_args(["audit", "--config", "a.toml", "sql", "SELECT 1", "--config", "b.toml"])
+    assert (args.config, args.timeout) == ("b.toml", 30.0)
+
+
+def test_every_argument_has_help() -> None:
+    """Every option and positional of every command and audit question says what it is for."""
+    missing: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice, sub in action.choices.items():
+                    walk(sub, f"{name} {choice}")
+            elif not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{name}: {action.dest}")
+
+    walk(build_parser(), "pipeline")
+    assert missing == []
+
+
+# ------------------------------------------------------------------------------------------------------- logs
+
+
+def test_json_log_lines_carry_the_context_fields() -> None:
+    """`--log-format json`: one JSON object a line, with tenant/stage/entity when the call gave them."""
+    record = logging.LogRecord("pipeline.x", logging.INFO, __file__, 1, "sent %s", ("it",), None)
+    record.tenant, record.stage, record.entity = "acme", "sender.ongoing", "article:A1"
+    line = json.loads(JsonLines().format(record))
+    assert line["message"] == "sent it"
+    assert (line["level"], line["tenant"], line["stage"], line["entity"]) == (
+        "INFO",
+        "acme",
+        "sender.ongoing",
+        "article:A1",
+    )
+
+
+def test_verbose_shows_pipeline_detail_but_not_aiosqlite(tmp_path: Path) -> None:
+    """-v turns the pipeline's loggers to DEBUG; aiosqlite (every statement at DEBUG) stays quiet."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.getLogger("pipeline").level)
+    try:
+        with (tmp_path / "log.txt").open("w", encoding="utf-8") as stream:
+            configure_logging(verbose=True, json_lines=False, service=False, stream=stream)
+            logging.getLogger("pipeline.projectors").debug("pipeline detail")
+            logging.getLogger("aiosqlite").debug("executing SELECT 1")
+        text = (tmp_path / "log.txt").read_text(encoding="utf-8")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logging.getLogger("pipeline").setLevel(saved[2])
+    assert "pipeline detail" in text
+    assert "executing" not in text
