@@ -49,6 +49,14 @@ def print_replay(console: Console, report: ReplayReport, *, limit: int = 200) ->
             console.print(f"      {path}: {_show(before)} -> {_show(after)}", highlight=False, markup=False)
     if len(report.changes) > limit:
         console.print(f"  ... and {len(report.changes) - limit} more")
+    if report.failures:
+        console.print(f"{len(report.failures)} observation(s) the current mapping cannot map:")
+    for failure in report.failures:
+        console.print(
+            f"  {failure.tenant} {failure.entity} (from #{failure.source}): {failure.field}: {failure.reason}",
+            highlight=False,
+            markup=False,
+        )
 
 
 def print_rows(console: Console, rows: Sequence[Row], *, as_json: bool) -> None:

@@ -61,6 +61,10 @@ def prepend(config: Path, text: str) -> None:
     config.write_text(text + config.read_text(encoding="utf-8"), encoding="utf-8")
 
 
+def edit(config: Path, old: str, new: str) -> None:
+    config.write_text(config.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+
+
 def user_version(path: Path) -> int:
     conn = sqlite3.connect(path)
     try:
@@ -247,3 +251,44 @@ def test_verbose_shows_pipeline_detail_but_not_aiosqlite(tmp_path: Path) -> None
         logging.getLogger("pipeline").setLevel(saved[2])
     assert "pipeline detail" in text
     assert "executing" not in text
+
+
+# ------------------------------------------------------------------------------------------------------ check
+
+
+@pytest.mark.anyio
+async def test_check_reports_each_tenant_and_writes_nothing(
+    world: World, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """All credentials good: a table with OK per tenant and system, exit 0; no write anywhere, no log file."""
+    code, out, _ = await cli(capsys, "--config", str(config), "check")
+    assert code == 0, out
+    for t in world.tenants:
+        assert t.name in out
+    assert out.count("OK") == 2 * len(world.tenants)
+    assert "FAIL" not in out
+    assert world.ongoing.writes() == []
+    for t in world.tenants:
+        assert {r.method for r in world.poweroffice.requests_of(t.client_key)} <= {"GET", "POST"}  # POST: token
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.anyio
+async def test_check_names_a_refused_key_and_a_wrong_goods_owner(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong client key fails PowerOffice for that tenant; an unknown goods owner user fails Ongoing; exit 1."""
+    first, second = world.tenants
+    edit(config, first.client_key, "not-a-valid-key")
+    edit(
+        config,
+        f"ongoing_goods_owner_id = {second.goods_owner_id}",
+        f'ongoing_goods_owner_id = {second.goods_owner_id}\nongoing_username = "x"\nongoing_password = "y"',
+    )
+    code, out, _ = await cli(capsys, "--config", str(config), "check")
+    assert code == 1
+    lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") >= 3}
+    assert "FAIL" in lines[first.name].split("│")[2]
+    assert "OK" in lines[first.name].split("│")[3]
+    assert "OK" in lines[second.name].split("│")[2]
+    assert "FAIL HTTP 401" in lines[second.name].split("│")[3]
