@@ -185,6 +185,26 @@ async def histories(log: EventLog, tenant: str, entities: list[str]) -> list[Row
     return [rows[p] for p in sorted(rows)]
 
 
+async def observation_skips(log: SqliteEventLog, after: int) -> dict[str, int]:
+    """`observation.skipped` events per tenant after position `after` (what a cycle's summary calls skipped)."""
+    rows = await log.query(
+        "SELECT tenant, count(*) FROM events WHERE position > ? AND type = 'observation.skipped' GROUP BY tenant",
+        (after,),
+    )
+    return {tenant: int(n) for tenant, n in rows}
+
+
+async def quarantined(log: SqliteEventLog) -> dict[str, int]:
+    """Entities per tenant whose latest outcome (or re-drive) is a permanent failure: held by the senders."""
+    marks = ", ".join(f"'{t}'" for t in (*OUTCOME_TYPES, EntityRedriven.TYPE))
+    rows = await log.query(
+        "SELECT tenant, count(*) FROM events WHERE position IN ("
+        f" SELECT max(position) FROM events WHERE type IN ({marks}) GROUP BY tenant, entity)"
+        " AND type = 'command.failed' AND json_extract(payload, '$.permanent') GROUP BY tenant"
+    )
+    return {tenant: int(n) for tenant, n in rows}
+
+
 async def tenants(log: SqliteEventLog) -> set[str]:
     """The tenants that have events in the log."""
     return {name for (name,) in await log.query("SELECT DISTINCT tenant FROM events")}

@@ -21,6 +21,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.eventlog.base import NewEvent
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import OUTCOME_TYPES, CommandFailed, EntityRedriven
+from pipeline.logs import log_cycle
 from pipeline.replay import Kind
 from pipeline.replay import replay as replay_
 from pipeline.runtime import CycleReport, Runtime
@@ -29,13 +30,23 @@ log = logging.getLogger(__name__)
 
 
 async def _cycle(console: Console, runtime: Runtime, title: str) -> CycleReport:
+    before = await runtime.log.max_position()
     if console.is_terminal:
         with console.status(f"{title}: starting") as status:
             report = await runtime.cycle(lambda stage: status.update(f"{title}: {stage}"))
     else:
         report = await runtime.cycle(lambda stage: console.print(f"{title}: {stage}"))
+    await _account(runtime, report, before)
     out.print_cycle(console, report, title)
     return report
+
+
+async def _account(runtime: Runtime, report: CycleReport, before: int) -> None:
+    """Add the cycle's `observation.skipped` to its skipped counts, and log its summary lines."""
+    for tenant, n in (await audit_.observation_skips(runtime.log, before)).items():
+        if tenant in report.tenants:
+            report.tenants[tenant].skipped += n
+    log_cycle(report, datetime.now(UTC), await audit_.quarantined(runtime.log))
 
 
 async def sync(console: Console, settings: Settings) -> int:

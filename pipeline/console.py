@@ -31,8 +31,16 @@ def cycle_table(report: CycleReport, title: str = "sync") -> Table:
     return table
 
 
+LEGEND = (
+    "observed: new records read · commands: writes queued · delivered: writes done · skipped: writes not needed"
+    " (superseded, unchanged, order started) and records that make none (filtered, not a stock item) ·"
+    " failed: mapping or delivery failures · waiting: held by a quarantine or by undelivered articles"
+)
+
+
 def print_cycle(console: Console, report: CycleReport, title: str = "sync") -> None:
     console.print(cycle_table(report, title))
+    console.print(LEGEND, highlight=False, markup=False)
     for t in report.tenants.values():
         for error in t.errors:
             console.print(f"[red]{t.name}[/red]: {error}", markup=True, highlight=False)

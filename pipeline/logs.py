@@ -5,6 +5,9 @@
   Other libraries (aiosqlite logs every statement at DEBUG) stay at WARNING whatever `-v` says.
 - `--log-format json` writes one JSON object per line (`time`, `level`, `logger`, `message`, and `tenant`,
   `stage`, `entity` when the call gave them as `extra=`), for journald or Loki.
+- Every scheduled retry is one INFO line naming tenant, method, path, attempt and delay (a stamina hook that
+  replaces stamina's own WARNING line, which names none of them; its Prometheus counter is kept).
+- After every cycle: one INFO line per tenant and one for the cycle (`log_cycle`).
 """
 
 from __future__ import annotations
@@ -12,14 +15,24 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from pipeline.errors import ApiError
+
+if TYPE_CHECKING:
+    from stamina.instrumentation import RetryDetails
+
+    from pipeline.runtime import CycleReport
 
 # Fields a log call may pass as `extra=` that the JSON lines carry as their own keys.
 CONTEXT_FIELDS = ("tenant", "stage", "entity", "method", "path", "attempt", "delay")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+retries = logging.getLogger("pipeline.retries")
+cycles = logging.getLogger("pipeline.cycle")
 
 
 class JsonLines(logging.Formatter):
@@ -52,3 +65,69 @@ def configure_logging(*, verbose: bool, json_lines: bool, service: bool, stream:
     root.setLevel(logging.WARNING)
     own = logging.DEBUG if verbose else logging.INFO if service else logging.WARNING
     logging.getLogger("pipeline").setLevel(own)
+    install_retry_log()
+
+
+def log_retry(details: RetryDetails) -> None:
+    """A stamina on-retry hook: one line per scheduled retry, with what was retried and how long it waits."""
+    exc = details.caused_by
+    if not isinstance(exc, ApiError):
+        retries.info("retry %d in %.1f s after %s", details.retry_num, details.wait_for, type(exc).__name__)
+        return
+    answer = f"HTTP {exc.status}" if exc.status is not None else (exc.detail or "no answer")
+    retries.info(
+        "%s: %s %s %s -> %s; retry %d in %.1f s",
+        exc.tenant or "-",
+        exc.system,
+        exc.method,
+        exc.path,
+        answer,
+        details.retry_num,
+        details.wait_for,
+        extra={
+            "tenant": exc.tenant,
+            "stage": exc.system,
+            "method": exc.method,
+            "path": exc.path,
+            "attempt": details.retry_num,
+            "delay": round(details.wait_for, 3),
+        },
+    )
+
+
+def install_retry_log() -> None:
+    """Log retries our way; keep stamina's Prometheus counter."""
+    from stamina import instrumentation  # here: `pipeline --help` stays fast
+
+    instrumentation.set_on_retry_hooks([instrumentation.PrometheusOnRetryHook, log_retry])
+
+
+def log_cycle(report: CycleReport, ended: datetime, quarantined: dict[str, int]) -> None:
+    """One INFO line per tenant and one for the whole cycle."""
+    seconds = (ended - report.started).total_seconds()
+    totals = dict.fromkeys(("observed", "commands", "delivered", "failed", "quarantined", "waiting"), 0)
+    for t in report.tenants.values():
+        counts = {
+            "observed": t.observed,
+            "commands": t.commands,
+            "delivered": t.delivered,
+            "failed": t.failed,
+            "quarantined": quarantined.get(t.name, 0),
+            "waiting": t.waiting,
+        }
+        for key, value in counts.items():
+            totals[key] += value
+        text = " ".join(f"{k}={v}" for k, v in counts.items())
+        problem = f" errors={len(t.errors)}" if t.errors else ""
+        cycles.info(
+            "tenant %s: %s duration=%.1fs%s", t.name, text, seconds, problem, extra={"tenant": t.name, "stage": "cycle"}
+        )
+    text = " ".join(f"{k}={v}" for k, v in totals.items())
+    cycles.info(
+        "cycle: tenants=%d %s duration=%.1fs exit=%d",
+        len(report.tenants),
+        text,
+        seconds,
+        report.exit_code,
+        extra={"stage": "cycle"},
+    )

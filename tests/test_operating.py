@@ -8,22 +8,41 @@ import json
 import logging
 import socket
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
 from pipeline.cli import build_parser, main
+from pipeline.config import load_settings
+from pipeline.console import LEGEND
 from pipeline.eventlog.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteEventLog, _split
+from pipeline.fakes.faults import Fault
 from pipeline.fakes.world import World, fake_world
-from pipeline.logs import JsonLines, configure_logging
+from pipeline.logs import JsonLines, configure_logging, install_retry_log
+from pipeline.runtime import Runtime
 
 
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
     async with fake_world(2, products=6, customers=3, invoices=6, requests_per_second=1000) as w:
         yield w
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI sets up process-wide logging and retry hooks: put them back after the test."""
+    from stamina import instrumentation
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.getLogger("pipeline").level)
+    hooks = instrumentation.get_on_retry_hooks()
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    logging.getLogger("pipeline").setLevel(saved[2])
+    instrumentation.set_on_retry_hooks(list(hooks))
 
 
 @pytest.fixture
@@ -63,6 +82,17 @@ def prepend(config: Path, text: str) -> None:
 
 def edit(config: Path, old: str, new: str) -> None:
     config.write_text(config.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+
+
+def expected_first(db: Path, tenant: str) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        query = (
+            "SELECT count(*) FROM events WHERE tenant = ? AND type = 'observation.skipped' AND entity LIKE 'product:%'"
+        )
+        return int(conn.execute(query, (tenant,)).fetchone()[0])
+    finally:
+        conn.close()
 
 
 def user_version(path: Path) -> int:
@@ -235,20 +265,14 @@ def test_json_log_lines_carry_the_context_fields() -> None:
     )
 
 
+@pytest.mark.usefixtures("restore_logging")
 def test_verbose_shows_pipeline_detail_but_not_aiosqlite(tmp_path: Path) -> None:
     """-v turns the pipeline's loggers to DEBUG; aiosqlite (every statement at DEBUG) stays quiet."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level, logging.getLogger("pipeline").level)
-    try:
-        with (tmp_path / "log.txt").open("w", encoding="utf-8") as stream:
-            configure_logging(verbose=True, json_lines=False, service=False, stream=stream)
-            logging.getLogger("pipeline.projectors").debug("pipeline detail")
-            logging.getLogger("aiosqlite").debug("executing SELECT 1")
-        text = (tmp_path / "log.txt").read_text(encoding="utf-8")
-    finally:
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
-        logging.getLogger("pipeline").setLevel(saved[2])
+    with (tmp_path / "log.txt").open("w", encoding="utf-8") as stream:
+        configure_logging(verbose=True, json_lines=False, service=False, stream=stream)
+        logging.getLogger("pipeline.projectors").debug("pipeline detail")
+        logging.getLogger("aiosqlite").debug("executing SELECT 1")
+    text = (tmp_path / "log.txt").read_text(encoding="utf-8")
     assert "pipeline detail" in text
     assert "executing" not in text
 
@@ -292,3 +316,65 @@ async def test_check_names_a_refused_key_and_a_wrong_goods_owner(
     assert "OK" in lines[first.name].split("│")[3]
     assert "OK" in lines[second.name].split("│")[2]
     assert "FAIL HTTP 401" in lines[second.name].split("│")[3]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("restore_logging")
+async def test_sync_logs_one_json_line_per_tenant_and_one_per_cycle(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--log-format json -v sync`: each line is JSON; the cycle lines carry tenant and every count."""
+    code, _, err = await cli(capsys, "--log-format", "json", "-v", "--config", str(config), "sync")
+    assert code == 0
+    lines = [json.loads(line) for line in err.splitlines()]
+    mine = [line for line in lines if line["logger"] == "pipeline.cycle"]
+    assert sorted(line.get("tenant", "") for line in mine) == sorted(["", *(t.name for t in world.tenants)])
+    for line in mine:
+        assert line["level"] == "INFO"
+        for key in ("observed=", "commands=", "delivered=", "failed=", "quarantined=", "waiting=", "duration="):
+            assert key in line["message"]
+    assert not [line for line in lines if line["logger"].startswith("aiosqlite")]
+
+
+@pytest.mark.anyio
+async def test_sync_summary_has_a_legend_and_counts_observation_skips(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The summary's `skipped` counts observation.skipped (products a filter leaves out) and command.skipped."""
+    first = world.tenants[0]
+    edit(config, f'name = "{first.name}"', f'name = "{first.name}"\nproduct_group_codes = ["no-such-group"]')
+    code, out, _ = await cli(capsys, "--config", str(config), "sync")
+    assert code == 0
+    assert LEGEND in " ".join(out.split())
+    db = load_settings(config).database
+    conn = sqlite3.connect(db)
+    for t in world.tenants:
+        (expected,) = conn.execute(
+            "SELECT count(*) FROM events WHERE tenant = ? AND type IN ('observation.skipped', 'command.skipped')",
+            (t.name,),
+        ).fetchone()
+        row = next(line for line in out.splitlines() if f" {t.name} " in line and "│" in line)
+        cells = [c.strip() for c in row.split("│")[1:-1]]
+        assert int(cells[4]) == expected
+    conn.close()
+    assert expected_first(db, first.name) == len(first.company.products)
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("restore_logging")
+async def test_retries_log_tenant_method_path_attempt_and_delay(
+    world: World, config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 503 on one Ongoing read is retried, and the retry is one INFO line naming what and when."""
+    install_retry_log()
+    world.ongoing.faults.add(Fault("status", status=503), method="GET", path="/articles$", times=1)
+    with caplog.at_level(logging.INFO, logger="pipeline.retries"):
+        async with Runtime(load_settings(config)) as runtime:
+            await runtime.cycle()
+    (record,) = [r for r in caplog.records if r.name == "pipeline.retries"]
+    assert record.levelno == logging.INFO
+    assert record.__dict__["method"] == "GET"
+    assert record.__dict__["path"].endswith("/articles")
+    assert record.__dict__["attempt"] == 1
+    assert record.__dict__["tenant"] in {t.name for t in world.tenants}
+    assert "retry 1 in" in record.getMessage()

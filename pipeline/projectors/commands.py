@@ -254,7 +254,7 @@ async def _project_batch(
             state.remember_product(stored.event.product)
         done = project_event(state, stored)
         for warning in done.warnings:
-            log.warning("%s %s: %s", name, stored.entity, warning)
+            log.info("%s %s: %s", name, stored.entity, warning, extra={"tenant": name, "entity": stored.entity})
         if done.failure is not None:
             result.failed += 1
             log.warning("%s %s: cannot map %s: %s", name, stored.entity, done.failure.field, done.failure.reason)
