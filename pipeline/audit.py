@@ -144,11 +144,26 @@ ENTITY_KINDS = ("product", "invoice", "article", "order", "stock", "stockback")
 
 
 async def resolve(log: SqliteEventLog, tenant: str, text: str) -> list[str]:
-    """The entity keys `text` stands for: itself if it is a key (`product:7001007`); for a SKU its product,
-    article, stock and stock write-back; for an order or invoice number its invoice and order. Empty if none."""
-    if text.split(":", 1)[0] in ENTITY_KINDS and ":" in text:
-        return [text]
+    """The entity keys in the log that `text` stands for: itself if it is a key (`product:7001007`); for a SKU its
+    product, article, stock and stock write-back; for an order or invoice number its invoice and order. Empty if
+    the log has none of them."""
     found: set[str] = set()
+    if text.split(":", 1)[0] in ENTITY_KINDS and ":" in text:
+        found.add(text)
+    else:
+        found.update(await _named(log, tenant, text))
+    if not found:
+        return []
+    present = await log.query(
+        f"SELECT DISTINCT entity FROM events WHERE tenant = ? AND entity IN ({', '.join('?' * len(found))})",
+        (tenant, *sorted(found)),
+    )
+    return sorted(entity for (entity,) in present)
+
+
+async def _named(log: SqliteEventLog, tenant: str, text: str) -> set[str]:
+    """Entity keys for a SKU, an order number or an invoice number (as JSON text or number in the payloads)."""
+    found = {f"article:{text}", f"stock:{text}"}  # a SKU is the article number
     product_ids = await log.query(
         "SELECT DISTINCT json_extract(payload, '$.product.Id') FROM events WHERE type = 'product.observed'"
         " AND tenant = ? AND CAST(json_extract(payload, '$.product.Code') AS TEXT) = ?",
@@ -156,8 +171,6 @@ async def resolve(log: SqliteEventLog, tenant: str, text: str) -> list[str]:
     )
     for (product_id,) in product_ids:
         found.update((f"product:{product_id}", f"stockback:{product_id}"))
-    if product_ids:
-        found.update((f"article:{text}", f"stock:{text}"))
     invoices = await log.query(
         "SELECT DISTINCT json_extract(payload, '$.invoice.Id') FROM events WHERE type = 'invoice.observed'"
         " AND tenant = ? AND CAST(json_extract(payload, '$.invoice.InvoiceNo') AS TEXT) = ?"
@@ -168,13 +181,7 @@ async def resolve(log: SqliteEventLog, tenant: str, text: str) -> list[str]:
     )
     for (invoice_id,) in invoices:
         found.update((f"invoice:{invoice_id}", f"order:{invoice_id}"))
-    if not found:
-        return []
-    present = await log.query(
-        f"SELECT DISTINCT entity FROM events WHERE tenant = ? AND entity IN ({', '.join('?' * len(found))})",
-        (tenant, *sorted(found)),
-    )
-    return sorted(entity for (entity,) in present)
+    return found
 
 
 async def histories(log: EventLog, tenant: str, entities: list[str]) -> list[Row]:

@@ -496,3 +496,29 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
         raise ConfigError([f"not valid TOML: {exc}"], str(file)) from exc
     settings = parse_settings(raw, base=file.resolve().parent, env=os.environ if env is None else env, source=str(file))
     return dataclasses.replace(settings, source=file.resolve())
+
+
+# What a reload (SIGHUP) can change in a running service: the tenants and the interval. The rest is held by open
+# connections, clients and the listening socket, and needs a restart.
+RELOADABLE: Final = ("tenants", "interval_seconds")
+
+
+def reload_settings(current: Settings, env: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
+    """Read `current.source` again for a running service. Returns (settings to use, notes for the log).
+
+    An invalid file raises ConfigError (keep `current`). A change to anything but the tenants and the interval
+    is not applied; each such key is named in the notes ("needs a restart").
+    """
+    if current.source is None:
+        raise ConfigError(["these settings were not read from a file"], "reload")
+    fresh = load_settings(current.source, env)
+    notes = [
+        f"{f.name}: changed; needs a restart (kept as it was)"
+        for f in dataclasses.fields(Settings)
+        if f.name not in (*RELOADABLE, "source") and getattr(fresh, f.name) != getattr(current, f.name)
+    ]
+    applied = dataclasses.replace(current, tenants=fresh.tenants, interval_seconds=fresh.interval_seconds)
+    before, after = {t.name for t in current.tenants}, {t.name for t in fresh.tenants}
+    notes += [f"tenant {name}: added" for name in sorted(after - before)]
+    notes += [f"tenant {name}: removed" for name in sorted(before - after)]
+    return applied, notes

@@ -265,3 +265,28 @@ def test_pipeline_config_is_the_default_config_path(
     monkeypatch.delenv("PIPELINE_CONFIG")
     assert main(["sync"]) == 2
     assert "--config FILE (or PIPELINE_CONFIG) is required" in capsys.readouterr().err
+
+
+def test_reload_takes_tenants_and_interval_and_names_what_needs_a_restart(tmp_path: Path) -> None:
+    """For SIGHUP: a tenant added or removed and a new interval apply; other changes are named, not applied;
+    an invalid file raises ConfigError (the service keeps its settings)."""
+    from pipeline.config import reload_settings
+
+    path = write(tmp_path, GOOD)
+    current = load_settings(path, env=ENV)
+    changed = GOOD.replace("interval_seconds = 600", "interval_seconds = 60\nstatus_port = 9999").replace(
+        'name = "beta"', 'name = "gamma"'
+    )
+    path.write_text(changed, encoding="utf-8")
+    applied, notes = reload_settings(current, env=ENV)
+    assert [t.name for t in applied.tenants] == ["acme", "gamma"]
+    assert applied.interval_seconds == 60
+    assert applied.status_port == current.status_port
+    assert notes == [
+        "status_port: changed; needs a restart (kept as it was)",
+        "tenant gamma: added",
+        "tenant beta: removed",
+    ]
+    path.write_text(GOOD.replace("interval_seconds = 600", "interval_seconds = nan"), encoding="utf-8")
+    with pytest.raises(ConfigError, match="interval_seconds"):
+        reload_settings(current, env=ENV)
