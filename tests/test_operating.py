@@ -232,6 +232,15 @@ def test_options_work_before_and_after_the_command(monkeypatch: pytest.MonkeyPat
     assert (args.config, args.timeout) == ("b.toml", 30.0)
 
 
+def test_replay_help_says_what_the_flags_do(capsys: pytest.CaptureFixture[str]) -> None:
+    """--dry-run says it still records an audit event; --resend-orders says which orders go again and when not."""
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(a replay.recorded audit event is still written)" in text
+    assert "even if the order was delivered before (never once the warehouse has started on it)" in text
+
+
 def test_every_argument_has_help() -> None:
     """Every option and positional of every command and audit question says what it is for."""
     missing: list[str] = []

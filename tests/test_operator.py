@@ -272,6 +272,8 @@ async def test_audit_history_accepts_a_sku_an_order_number_or_an_invoice_number(
     capsys.readouterr()
     assert await anyio.to_thread.run_sync(main, [*base, "NO-SUCH-THING"]) == 2
     assert "no entity, SKU, order number or invoice number 'NO-SUCH-THING'" in capsys.readouterr().err
+    assert await anyio.to_thread.run_sync(main, [*base, "product:999999999"]) == 2
+    assert "'product:999999999'" in capsys.readouterr().err
 
 
 @pytest.mark.anyio
@@ -350,5 +352,7 @@ async def test_rule_audit_sql_stops_at_its_timeout(
     """A query without end (a recursive CTE) is stopped after --timeout and named as such, exit 2."""
     await cycle(config)
     endless = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
-    code, _ = await cli(capsys, "--config", str(config), "audit", "sql", endless, "--timeout", "0.2")
+    capsys.readouterr()
+    code = await anyio.to_thread.run_sync(main, ["--config", str(config), "audit", "sql", endless, "--timeout", "0.2"])
     assert code == 2
+    assert "query stopped after 0.2 s (--timeout)" in capsys.readouterr().err

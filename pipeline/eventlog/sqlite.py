@@ -197,13 +197,21 @@ def _backup(source: sqlite3.Connection, target: Path) -> None:
     os.replace(partial, target)
 
 
+def _reading(path: Path) -> sqlite3.Connection:
+    """A connection to an existing file that refuses writes. (Not `mode=ro`: a read-only connection that closes
+    last leaves the `-wal` and `-shm` files behind.)"""
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
 def schema_version(path: str | Path) -> int:
     """The schema version of an existing log file, read without changing anything. Raises StoreError."""
     p = Path(path)
     if not p.is_file():
         raise StoreError(f"no event log at {p}; run sync first")
     try:
-        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)
+        conn = _reading(p)
         try:
             return int(conn.execute("PRAGMA user_version").fetchone()[0])
         finally:
@@ -223,7 +231,7 @@ def backup_file(database: str | Path, target: str | Path) -> None:
     if target_path.exists():
         raise StoreError(f"{target_path} exists already; choose a new file name")
     try:
-        source = sqlite3.connect(f"{source_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        source = _reading(source_path)
         try:
             _backup(source, target_path)
         finally:
@@ -255,11 +263,10 @@ def untrusted_query(path: str | Path, sql: str, *, timeout: float) -> tuple[list
         raise StoreError(f"no event log at {p}; run sync first")
     deadline = time.monotonic() + timeout
     try:
-        conn = sqlite3.connect(p, timeout=30, isolation_level=None)
+        conn = _reading(p)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {p}: {exc}") from exc
     try:
-        conn.execute("PRAGMA query_only = ON")
         conn.set_authorizer(_read_only)
         conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
         cursor = conn.execute(sql)
