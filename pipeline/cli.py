@@ -185,7 +185,9 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "sync":
         return anyio.run(commands.sync, console, settings)
     if args.command == "run":
-        return anyio.run(commands.run_forever, console, settings, (signal.SIGINT, signal.SIGTERM))
+        return anyio.run(
+            lambda: commands.run_forever(console, settings, (signal.SIGINT, signal.SIGTERM), hangup=signal.SIGHUP)
+        )
     if args.command == "replay":
         window = (_time(args.window_from, "--from"), _time(args.window_to, "--to"))
         if args.tenant and args.tenant not in {t.name for t in settings.tenants}:

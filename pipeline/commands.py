@@ -16,7 +16,7 @@ from rich.console import Console
 
 from pipeline import audit as audit_
 from pipeline import console as out
-from pipeline.config import Settings
+from pipeline.config import Settings, reload_settings
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.eventlog.base import NewEvent
 from pipeline.eventlog.sqlite import SqliteEventLog
@@ -63,9 +63,11 @@ async def run_forever(
     stop: anyio.Event | None = None,
     started: Callable[[str], None] | None = None,
     cycled: Callable[[CycleReport], None] | None = None,
+    hangup: signal.Signals | None = None,
 ) -> int:
     """A cycle every `interval_seconds` until one of `signals` arrives (or `stop` is set); the running cycle
-    finishes first. Serves /healthz, /metrics and a status page at `status_host:status_port` meanwhile."""
+    finishes first. Serves /healthz, /metrics and a status page at `status_host:status_port` meanwhile.
+    `hangup` (SIGHUP) reloads the config file: see `Reloads`."""
     from pipeline.web import Status, serve
 
     stop = stop or anyio.Event()
@@ -88,7 +90,11 @@ async def run_forever(
             started(url)
         if signals:
             tg.start_soon(watch)
+        reloads = Reloads(runtime)
+        if hangup is not None:
+            tg.start_soon(reloads.watch, hangup)
         while not stop.is_set():
+            reloads.apply()
             try:
                 report = await _cycle(console, runtime, f"cycle {datetime.now(UTC):%H:%M:%S}")
             except PipelineError as exc:  # e.g. the disk is full: say so, stay up, try again next interval
@@ -98,10 +104,44 @@ async def run_forever(
                 status.record(report, datetime.now(UTC))
                 if cycled:
                     cycled(report)
-            with anyio.move_on_after(settings.interval_seconds):
+            with anyio.move_on_after(runtime.settings.interval_seconds) as reloads.sleeping:
                 await stop.wait()
         tg.cancel_scope.cancel()
     return 0
+
+
+class Reloads:
+    """SIGHUP in `run`: read the config file again. Tenants added or removed and a new interval apply at the
+    next cycle, which starts at once; other changes are logged as needing a restart; an invalid file is refused
+    (its problems logged) and the running config kept."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.pending: Settings | None = None
+        self.sleeping: anyio.CancelScope | None = None
+
+    async def watch(self, signum: signal.Signals) -> None:
+        with anyio.open_signal_receiver(signum) as received:
+            async for _ in received:
+                self.reload()
+
+    def reload(self) -> None:
+        try:
+            fresh, notes = reload_settings(self.pending or self.runtime.settings)
+        except ConfigError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            return
+        for note in notes:
+            log.warning("reload: %s", note)
+        log.info("reload: %d tenant(s); the next cycle starts now", len(fresh.tenants))
+        self.pending = fresh
+        if self.sleeping is not None:
+            self.sleeping.cancel()
+
+    def apply(self) -> None:
+        """Between cycles only: a cycle reads the tenants more than once."""
+        if self.pending is not None:
+            self.runtime.settings, self.pending = self.pending, None
 
 
 @asynccontextmanager

@@ -4,24 +4,30 @@ the option places and help texts, JSON logs, and `pipeline check`."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import os
+import signal
 import socket
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import anyio
 import pytest
+from rich.console import Console
 
 from pipeline.cli import build_parser, main
+from pipeline.commands import Reloads, run_forever
 from pipeline.config import load_settings
 from pipeline.console import LEGEND
 from pipeline.eventlog.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteEventLog, _split
 from pipeline.fakes.faults import Fault
 from pipeline.fakes.world import World, fake_world
 from pipeline.logs import JsonLines, configure_logging, install_retry_log
-from pipeline.runtime import Runtime
+from pipeline.runtime import CycleReport, Runtime
 
 
 @pytest.fixture
@@ -387,3 +393,71 @@ async def test_retries_log_tenant_method_path_attempt_and_delay(
     assert record.__dict__["attempt"] == 1
     assert record.__dict__["tenant"] in {t.name for t in world.tenants}
     assert "retry 1 in" in record.getMessage()
+
+
+# ----------------------------------------------------------------------------------------------------- reload
+
+
+def read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def write_tenants(config: Path, full: str, count: int) -> None:
+    head, *tables = full.split("[[tenants]]")
+    config.write_text(head + "".join(f"[[tenants]]{t}" for t in tables[:count]), encoding="utf-8")
+
+
+@pytest.mark.anyio
+async def test_sighup_adds_a_tenant_at_the_next_cycle(
+    world: World, config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`run`: SIGHUP after a tenant was added to the file runs a cycle with it at once."""
+    full = read(config)
+    write_tenants(config, "status_port = 0\n" + full, 1)
+    settings = load_settings(config)
+    stop = anyio.Event()
+    reports: list[CycleReport] = []
+    cycled = anyio.Event()
+
+    def record(report: CycleReport) -> None:
+        reports.append(report)
+        cycled.set()
+
+    async def next_cycle() -> CycleReport:
+        nonlocal cycled
+        await cycled.wait()
+        cycled = anyio.Event()
+        return reports[-1]
+
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: run_forever(
+                    Console(file=io.StringIO()), settings, stop=stop, cycled=record, hangup=signal.SIGHUP
+                )
+            )
+            first = await next_cycle()
+            assert list(first.tenants) == [world.tenants[0].name]
+            write_tenants(config, "status_port = 0\n" + full, 2)
+            os.kill(os.getpid(), signal.SIGHUP)
+            second = await next_cycle()
+            assert list(second.tenants) == [t.name for t in world.tenants]
+            stop.set()
+    assert f"reload: tenant {world.tenants[1].name}: added" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_reload_with_a_broken_file_keeps_the_running_config(
+    config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An invalid file on SIGHUP: its problems are logged, nothing is pending, the runtime's settings stay."""
+    settings = load_settings(config)
+    runtime = SimpleNamespace(settings=settings)
+    reloads = Reloads(runtime)  # type: ignore[arg-type]
+    edit(config, "[poweroffice]", "interval_seconds = nan\n[poweroffice]")
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        reloads.reload()
+        reloads.apply()
+    assert "reload refused, the running config stays" in caplog.text
+    assert "interval_seconds: expected a finite number" in caplog.text
+    assert runtime.settings is settings
