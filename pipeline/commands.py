@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -146,13 +148,17 @@ class Reloads:
 
 @asynccontextmanager
 async def _status_server(server: AbstractAsyncContextManager[str], settings: Settings) -> AsyncIterator[str]:
-    """The status server; failing to listen is a config problem naming the keys, not a traceback."""
+    """The status server; failing to listen is one line naming the key to change, not a traceback (exit 2)."""
     try:
         url = await server.__aenter__()
     except OSError as exc:
+        bad_host = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+        key = f"status_host = {settings.status_host!r}" if bad_host else f"status_port = {settings.status_port}"
         where = f"{settings.status_host}:{settings.status_port}"
-        problem = f"cannot listen on {where}: {exc.strerror or exc} (choose a free port, or 0 for any)"
-        raise ConfigError([f"status_host/status_port: {problem}"], str(settings.source or "config")) from None
+        raise PipelineError(
+            f"{settings.source or 'config'}: {key}: cannot listen on {where}: {exc.strerror or exc}"
+            " (choose a free port, or 0 for any)"
+        ) from None
     try:
         yield url
     except BaseException as exc:
