@@ -5,6 +5,8 @@
   Other libraries (aiosqlite logs every statement at DEBUG) stay at WARNING whatever `-v` says.
 - `--log-format json` writes one JSON object per line (`time`, `level`, `logger`, `message`, and `tenant`,
   `stage`, `entity` when the call gave them as `extra=`), for journald or Loki.
+- `log_context(tenant=…, stage=…)` binds those fields for everything logged below it in the same task and the
+  tasks it starts (a context variable), so a per-tenant loop binds its tenant once and every line carries it.
 - Every scheduled retry is one INFO line naming tenant, method, path, attempt and delay (a stamina hook that
   replaces stamina's own WARNING line, which names none of them; its Prometheus counter is kept).
 - After every cycle: one INFO line per tenant and one for the cycle (`log_cycle`).
@@ -14,6 +16,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +35,29 @@ if TYPE_CHECKING:
 CONTEXT_FIELDS = ("tenant", "stage", "entity", "method", "path", "attempt", "delay")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_CONTEXT: ContextVar[dict[str, Any]] = ContextVar("pipeline_log_context", default={})  # noqa: B039 - never mutated
+
+
+@contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Add `fields` (tenant, stage, entity) to every record logged inside the block, here and in started tasks."""
+    token = _CONTEXT.set({**_CONTEXT.get(), **fields})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+class ContextFields(logging.Filter):
+    """Copies the bound `log_context` fields onto each record that does not carry them itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in _CONTEXT.get().items():
+            if record.__dict__.get(name) is None:
+                record.__dict__[name] = value
+        return True
+
 
 retries = logging.getLogger("pipeline.retries")
 cycles = logging.getLogger("pipeline.cycle")
@@ -58,6 +86,7 @@ def configure_logging(*, verbose: bool, json_lines: bool, service: bool, stream:
     """Set up the root handler once per process (called by the CLI)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonLines() if json_lines else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(ContextFields())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -26,7 +26,7 @@ from pipeline.console import LEGEND
 from pipeline.eventlog.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteEventLog, _split
 from pipeline.fakes.faults import Fault
 from pipeline.fakes.world import World, fake_world
-from pipeline.logs import JsonLines, configure_logging, install_retry_log
+from pipeline.logs import JsonLines, configure_logging, install_retry_log, log_context
 from pipeline.runtime import CycleReport, Runtime
 
 
@@ -277,6 +277,27 @@ def test_json_log_lines_carry_the_context_fields() -> None:
         "sender.ongoing",
         "article:A1",
     )
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("restore_logging")
+async def test_log_context_binds_tenant_and_stage_for_started_tasks(tmp_path: Path) -> None:
+    """Fields bound with log_context reach the JSON lines of tasks started inside the block, and only those."""
+    path = tmp_path / "log.jsonl"
+    with path.open("w", encoding="utf-8") as stream:
+        configure_logging(verbose=False, json_lines=True, service=True, stream=stream)
+        worker = logging.getLogger("pipeline.worker")
+
+        async def tenant_loop() -> None:
+            worker.info("inside")
+
+        with log_context(tenant="acme", stage="poll"):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tenant_loop)
+        worker.info("outside")
+    inside, outside = (json.loads(line) for line in read(path).splitlines())
+    assert (inside["tenant"], inside["stage"], inside["message"]) == ("acme", "poll", "inside")
+    assert "tenant" not in outside
 
 
 @pytest.mark.usefixtures("restore_logging")
