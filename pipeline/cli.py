@@ -130,11 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands that call PowerOffice or Ongoing; the others work on the log alone and need no secrets.
+NEEDS_SECRETS = {"sync", "run", "check"}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     path = args.config or os.environ.get("PIPELINE_CONFIG")
     if not path:
         raise ConfigError(["--config FILE (or PIPELINE_CONFIG) is required for this command"], "command line")
-    return load_settings(path)
+    return load_settings(path, secrets=args.command in NEEDS_SECRETS)
 
 
 def _time(text: str, name: str) -> datetime:

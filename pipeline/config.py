@@ -119,9 +119,10 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 class _Checker:
     """Reads typed values out of a TOML table, recording problems instead of raising."""
 
-    def __init__(self, env: Mapping[str, str], base: Path) -> None:
+    def __init__(self, env: Mapping[str, str], base: Path, secrets: bool = True) -> None:
         self.env = env
         self.base = base
+        self.secrets = secrets
         self.problems: list[str] = []
 
     def problem(self, path: str, message: str) -> None:
@@ -173,6 +174,12 @@ class _Checker:
             return None
         return expanded
 
+    def user(self, path: str, raw: Mapping[str, Any], key: str, required: bool = True) -> str | None:
+        """A user name: a credential like the secrets (not read when secrets are not wanted)."""
+        if not self.secrets:
+            return "" if key in raw or required else None
+        return self.string(path, raw, key) if required or key in raw else None
+
     def optional_string(self, path: str, raw: Mapping[str, Any], key: str) -> str | None:
         if key not in raw:
             return None
@@ -184,6 +191,8 @@ class _Checker:
         The file's text is the secret, without its trailing newline. Problems name the key, never the value.
         """
         file_key = f"{key}_file"
+        if not self.secrets:  # a command that talks to neither system: not read, not required
+            return Secret("") if key in raw or file_key in raw or required else None
         if file_key in raw:
             if key in raw:
                 self.problem(_join(path, key), f"give either {key} or {file_key}, not both")
@@ -375,9 +384,15 @@ _TENANT = {
 }
 
 
-def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str], source: str = "config") -> Settings:
-    """Build `Settings` from an already-parsed TOML document. Raises ConfigError listing every problem."""
-    c = _Checker(env, base)
+def parse_settings(
+    raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str], source: str = "config", secrets: bool = True
+) -> Settings:
+    """Build `Settings` from an already-parsed TOML document. Raises ConfigError listing every problem.
+
+    `secrets=False` (audit, replay, redrive, backup, migrate: commands that call neither system) leaves every
+    secret empty, unread and unchecked, so an operator can query the log without the service's credentials.
+    """
+    c = _Checker(env, base, secrets)
     c.unknown("", raw, _TOP)
     database = c.path("", raw, "database")
     interval = c.number("", raw, "interval_seconds", 900.0, minimum=1, maximum=_DAY)
@@ -403,7 +418,7 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
     c.unknown("ongoing", on_raw, _ON)
     ongoing = OngoingSettings(
         api_url=c.url("ongoing", on_raw, "api_url"),
-        username=c.string("ongoing", on_raw, "username") or "",
+        username=c.user("ongoing", on_raw, "username") or "",
         password=c.secret("ongoing", on_raw, "password") or Secret(""),
         timeout_seconds=c.number("ongoing", on_raw, "timeout_seconds", 60.0, minimum=0.1, maximum=3600),
         parallel_goods_owners=c.integer("ongoing", on_raw, "parallel_goods_owners", 8, minimum=1, maximum=256),
@@ -444,7 +459,7 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
         elif owner:
             owners[owner] = i
         password = c.secret(p, t, "ongoing_password", required=False)
-        username = c.optional_string(p, t, "ongoing_username")
+        username = c.user(p, t, "ongoing_username", required=False)
         if ("ongoing_username" in t) != ("ongoing_password" in t or "ongoing_password_file" in t):
             c.problem(p, "ongoing_username and ongoing_password go together")
         tenants.append(
@@ -477,7 +492,9 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
     )
 
 
-def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, secrets: bool = True
+) -> Settings:
     """Read and check the TOML file at `path`. Raises ConfigError (every problem at once)."""
     file = Path(path)
     try:
@@ -494,7 +511,9 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], str(file)) from exc
-    settings = parse_settings(raw, base=file.resolve().parent, env=os.environ if env is None else env, source=str(file))
+    settings = parse_settings(
+        raw, base=file.resolve().parent, env=os.environ if env is None else env, source=str(file), secrets=secrets
+    )
     return dataclasses.replace(settings, source=file.resolve())
 
 
