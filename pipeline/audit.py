@@ -2,11 +2,14 @@
 
 - `history`: everything that happened to one entity of a tenant, or to a source record and what it caused
   (`invoice:<id>` shows the observations, the order command they made and the order's outcomes);
-- `lineage`: the causation chain through one position, up to the observation and down to the outcomes;
+- `lineage`: the whole causation chain through one position: up to its observation, then everything that
+  observation caused (its command, the command's outcomes);
 - `failures`: entities whose latest outcome is a failure (quarantined), mapping failures not yet superseded, and
   records a poller rejected that have not been observed since;
 - `stats`: event counts per tenant and type;
-- `sql`: any read-only SQL against the log (the connection refuses writes).
+- `sql`: read-only SQL against the log, on a connection of its own that may only read, with a time limit.
+
+`resolve` turns what an operator types (a SKU, an order or invoice number) into the entity keys of the log.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from pipeline.eventlog.base import EventLog, StoredEvent
-from pipeline.eventlog.sqlite import SqliteEventLog
+from pipeline.eventlog.sqlite import SqliteEventLog, untrusted_query
 from pipeline.events import (
     OUTCOME_TYPES,
     CommandFailed,
     EntityRedriven,
     MappingFailed,
     ObservationRejected,
+    ObservationSkipped,
     to_dict,
 )
 from pipeline.problems import standing_problems
@@ -119,19 +125,100 @@ async def history(log: EventLog, tenant: str, entity: str) -> list[Row]:
 
 
 async def lineage(log: EventLog, position: int) -> list[Row]:
-    """The chain through `position`: its causes up to the observation, then what it caused."""
+    """The whole chain through `position`: its causes up to the root (the observation), then everything the root
+    caused, transitively (from an observation: its command and that command's outcomes)."""
     start = await log.get(position)
     if start is None:
         return []
-    chain = [start]
-    cur = start
-    while cur.causation is not None:
-        parent = await log.get(cur.causation)
+    root = start
+    while root.causation is not None:
+        parent = await log.get(root.causation)
         if parent is None:
             break
-        chain.insert(0, parent)
-        cur = parent
-    return [to_row(e) for e in chain + await log.caused_by([position])]
+        root = parent
+    seen = {root.position: root}
+    causes = {root.position}
+    while causes:
+        found = [e for e in await log.caused_by(causes) if e.position not in seen]
+        seen.update((e.position, e) for e in found)
+        causes = {e.position for e in found}
+    return [to_row(e) for e in sorted(seen.values(), key=lambda e: e.position)]
+
+
+ENTITY_KINDS = ("product", "invoice", "article", "order", "stock", "stockback")
+
+
+async def resolve(log: SqliteEventLog, tenant: str, text: str) -> list[str]:
+    """The entity keys in the log that `text` stands for: itself if it is a key (`product:7001007`); for a SKU its
+    product, article, stock and stock write-back; for an order or invoice number its invoice and order. Empty if
+    the log has none of them."""
+    found: set[str] = set()
+    if text.split(":", 1)[0] in ENTITY_KINDS and ":" in text:
+        found.add(text)
+    else:
+        found.update(await _named(log, tenant, text))
+    if not found:
+        return []
+    present = await log.query(
+        f"SELECT DISTINCT entity FROM events WHERE tenant = ? AND entity IN ({', '.join('?' * len(found))})",
+        (tenant, *sorted(found)),
+    )
+    return sorted(entity for (entity,) in present)
+
+
+async def _named(log: SqliteEventLog, tenant: str, text: str) -> set[str]:
+    """Entity keys for a SKU, an order number or an invoice number (as JSON text or number in the payloads)."""
+    found = {f"article:{text}", f"stock:{text}"}  # a SKU is the article number
+    product_ids = await log.query(
+        "SELECT DISTINCT json_extract(payload, '$.product.Id') FROM events WHERE type = 'product.observed'"
+        " AND tenant = ? AND CAST(json_extract(payload, '$.product.Code') AS TEXT) = ?",
+        (tenant, text),
+    )
+    for (product_id,) in product_ids:
+        found.update((f"product:{product_id}", f"stockback:{product_id}"))
+    invoices = await log.query(
+        "SELECT DISTINCT json_extract(payload, '$.invoice.Id') FROM events WHERE type = 'invoice.observed'"
+        " AND tenant = ? AND CAST(json_extract(payload, '$.invoice.InvoiceNo') AS TEXT) = ?"
+        " UNION SELECT DISTINCT json_extract(payload, '$.invoice_id') FROM events"
+        " WHERE type = 'order.upsert_requested' AND tenant = ?"
+        " AND CAST(json_extract(payload, '$.body.orderNumber') AS TEXT) = ?",
+        (tenant, text, tenant, text),
+    )
+    for (invoice_id,) in invoices:
+        found.update((f"invoice:{invoice_id}", f"order:{invoice_id}"))
+    return found
+
+
+async def histories(log: EventLog, tenant: str, entities: list[str]) -> list[Row]:
+    """`history` of several entities merged, each event once, in position order."""
+    rows: dict[int, Row] = {}
+    for entity in entities:
+        rows.update((r.position, r) for r in await history(log, tenant, entity))
+    return [rows[p] for p in sorted(rows)]
+
+
+async def observation_skips(log: EventLog, after: int) -> dict[str, int]:
+    """`observation.skipped` events per tenant after position `after` (what a cycle's summary calls skipped)."""
+    counts: dict[str, int] = {}
+    async for stored in log.read(after=after, types=[ObservationSkipped.TYPE]):
+        counts[stored.tenant] = counts.get(stored.tenant, 0) + 1
+    return counts
+
+
+async def quarantined(log: SqliteEventLog) -> dict[str, int]:
+    """Entities per tenant whose latest outcome (or re-drive) is a permanent failure: held by the senders."""
+    marks = ", ".join(f"'{t}'" for t in (*OUTCOME_TYPES, EntityRedriven.TYPE))
+    rows = await log.query(
+        "SELECT tenant, count(*) FROM events WHERE position IN ("
+        f" SELECT max(position) FROM events WHERE type IN ({marks}) GROUP BY tenant, entity)"
+        " AND type = 'command.failed' AND json_extract(payload, '$.permanent') GROUP BY tenant"
+    )
+    return {tenant: int(n) for tenant, n in rows}
+
+
+async def tenants(log: SqliteEventLog) -> set[str]:
+    """The tenants that have events in the log."""
+    return {name for (name,) in await log.query("SELECT DISTINCT tenant FROM events")}
 
 
 async def failures(log: EventLog, tenant: str | None = None) -> list[Row]:
@@ -151,5 +238,6 @@ async def stats(log: SqliteEventLog) -> list[tuple[Any, ...]]:
     return await log.query("SELECT tenant, type, count(*) FROM events GROUP BY tenant, type ORDER BY tenant, type")
 
 
-async def sql(log: SqliteEventLog, query: str) -> list[tuple[Any, ...]]:
-    return await log.query(query)
+async def sql(log: SqliteEventLog, query: str, *, timeout: float = 30.0) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """(column names, rows) of operator SQL: only reading is allowed, and it stops after `timeout` seconds."""
+    return await anyio.to_thread.run_sync(lambda: untrusted_query(log.path, query, timeout=timeout))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -14,65 +14,131 @@ from rich.console import Console
 
 from pipeline import __version__
 from pipeline.config import Settings, load_settings
-from pipeline.errors import ConfigError, PipelineError, ScrubbingFilter, scrub
+from pipeline.errors import ConfigError, PipelineError, scrub
+from pipeline.logs import configure_logging
 
 EXIT_OK, EXIT_FAILED, EXIT_SETUP = 0, 1, 2
+
+
+def _shared_options() -> argparse.ArgumentParser:
+    """Options that work before or after the command (`pipeline --config F sync` = `pipeline sync --config F`).
+
+    Their defaults are set once on the top parser; here they are SUPPRESSed, so a subcommand that is not given
+    one leaves the top-level value alone.
+    """
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="TOML configuration (see README); default: $PIPELINE_CONFIG",
+    )
+    shared.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log the pipeline's debug detail"
+    )
+    shared.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=argparse.SUPPRESS,
+        help="log lines as text (default) or one JSON object per line (journald, Loki)",
+    )
+    return shared
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description="Sync PowerOffice Go and Ongoing WMS through an append-only event log.",
+        parents=[_shared_options()],  # its own copy: set_defaults below changes these actions' defaults
     )
-    parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
-    parser.add_argument("--config", metavar="FILE", help="TOML configuration (see README)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    parser.set_defaults(config=None, verbose=False, log_format="text")
+    shared = _shared_options()
+    parser.add_argument("--version", action="version", version=f"pipeline {__version__}", help="print the version")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run a full sync against built-in fake APIs, then show what happened")
-    demo.add_argument("--dir", default="demo-data", help="where the demo keeps its database (default: demo-data)")
-    sub.add_parser("sync", help="one cycle for every tenant: poll, project, send, stock back; then exit")
-    sub.add_parser("run", help="the long-running service: a cycle every interval until SIGINT/SIGTERM")
 
-    replay = sub.add_parser("replay", help="re-project a time window with the current mapping")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, parents=[shared])
+
+    demo = command("demo", "run a full sync against built-in fake APIs, then show what happened")
+    demo.add_argument("--dir", default="demo-data", help="where the demo keeps its database (default: demo-data)")
+    command("sync", "one cycle for every tenant: poll, project, send, stock back; then exit (creates the log)")
+    command("run", "the long-running service: a cycle every interval until SIGINT/SIGTERM (creates the log)")
+    command("migrate", "upgrade the event log's schema to this release's, keeping a backup copy first")
+    backup = command("backup", "write a consistent copy of the event log (safe while `run` is running)")
+    backup.add_argument("file", metavar="FILE", help="where to write the copy (must not exist yet)")
+    command("check", "check the config and each tenant's credentials against both systems; reads only")
+
+    replay = command("replay", "re-project a time window with the current mapping")
     replay.add_argument("--from", dest="window_from", required=True, metavar="T", help="RFC 3339 start (inclusive)")
     replay.add_argument("--to", dest="window_to", required=True, metavar="T", help="RFC 3339 end (exclusive)")
-    replay.add_argument("--tenant")
-    replay.add_argument("--kind", choices=["products", "orders", "stock"])
-    replay.add_argument("--dry-run", action="store_true", help="show the per-field diff, append and send nothing")
-    replay.add_argument("--resend-orders", action="store_true", help="send changed orders even if delivered")
+    replay.add_argument("--tenant", metavar="NAME", help="only this tenant (default: every tenant)")
+    replay.add_argument(
+        "--kind", choices=["products", "orders", "stock"], help="only this kind of observation (default: all)"
+    )
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show the per-field diff and the failures; append no commands and send nothing"
+        " (a replay.recorded audit event is still written)",
+    )
+    replay.add_argument(
+        "--resend-orders",
+        action="store_true",
+        help="mark the replayed order commands that differ from their last command as forced, so the next sync"
+        " sends them even if the order was delivered before (never once the warehouse has started on it)",
+    )
 
-    audit = sub.add_parser("audit", help="history of an entity, lineage, failures, stats, read-only SQL")
-    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    audit = command("audit", "history of an entity, lineage, failures, stats, read-only SQL")
+    json_help = "machine-readable output (JSON)"
+    audit.add_argument("--json", action="store_true", help=json_help)
     what = audit.add_subparsers(dest="audit", metavar="QUESTION", required=True)
-    history = what.add_parser("history", help="what happened to one entity (product:<id>, invoice:<id>, ...)")
-    history.add_argument("tenant")
-    history.add_argument("entity")
-    lineage = what.add_parser("lineage", help="the causation chain through one log position")
-    lineage.add_argument("position", type=int)
-    failures = what.add_parser("failures", help="quarantined entities and standing mapping failures")
-    failures.add_argument("--tenant")
-    what.add_parser("stats", help="event counts per tenant and type")
-    sql = what.add_parser("sql", help="any read-only SQL against the log")
-    sql.add_argument("query")
 
-    redrive = sub.add_parser("redrive", help="release a quarantined entity so its latest command is sent again")
-    redrive.add_argument("tenant")
-    redrive.add_argument("entity")
-    redrive.add_argument("--reason", default="operator re-drive")
+    def question(name: str, text: str) -> argparse.ArgumentParser:
+        q = what.add_parser(name, help=text, description=text, parents=[shared])
+        q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
+        return q
 
-    fakes = sub.add_parser("fakes", help="serve both fake APIs on localhost for manual runs")
-    fakes.add_argument("--host", default="127.0.0.1")
-    fakes.add_argument("--poweroffice-port", type=int, default=8081)
-    fakes.add_argument("--ongoing-port", type=int, default=8082)
-    fakes.add_argument("--tenants", type=int, default=3)
+    history = question("history", "what happened to one entity, with everything it caused")
+    history.add_argument("tenant", help="tenant name, as in the config")
+    history.add_argument(
+        "entity",
+        help="an entity key (product:<id>, invoice:<id>, article:<sku>, order:<id>, stock:<sku>, ...),"
+        " or a SKU (P-00001), an order number or an invoice number",
+    )
+    lineage = question("lineage", "the whole causation chain through one log position")
+    lineage.add_argument("position", type=int, help="a log position (the #number audit prints)")
+    failures = question("failures", "quarantined entities and standing mapping failures (exit 1 if any)")
+    failures.add_argument("--tenant", metavar="NAME", help="only this tenant")
+    question("stats", "event counts per tenant and type")
+    sql = question("sql", "read-only SQL against the log (columns named by the query's aliases)")
+    sql.add_argument("query", help='one SQL statement, e.g. "SELECT type, count(*) AS n FROM events GROUP BY 1"')
+    sql.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="stop the query after S seconds (default: 30)"
+    )
+
+    redrive = command("redrive", "release a quarantined entity so its latest command is sent again")
+    redrive.add_argument("tenant", help="tenant name, as in the config")
+    redrive.add_argument("entity", help="the quarantined entity's key, as `audit failures` shows it")
+    redrive.add_argument("--reason", default="operator re-drive", help="recorded with the re-drive, for audit")
+
+    fakes = command("fakes", "serve both fake APIs on localhost for manual runs")
+    fakes.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    fakes.add_argument("--poweroffice-port", type=int, default=8081, help="PowerOffice port (0: any free port)")
+    fakes.add_argument("--ongoing-port", type=int, default=8082, help="Ongoing port (0: any free port)")
+    fakes.add_argument("--tenants", type=int, default=3, help="how many goods owners to generate (default: 3)")
     fakes.add_argument("--write-config", metavar="FILE", help="write a pipeline config pointing at the fakes")
     return parser
 
 
+# The commands that call PowerOffice or Ongoing; the others work on the log alone and need no secrets.
+NEEDS_SECRETS = {"sync", "run", "check"}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    if not args.config:
-        raise ConfigError(["--config FILE is required for this command"], "command line")
-    settings = load_settings(args.config)
+    path = args.config or os.environ.get("PIPELINE_CONFIG")
+    if not path:
+        raise ConfigError(["--config FILE (or PIPELINE_CONFIG) is required for this command"], "command line")
+    settings = load_settings(path, secrets=args.command in NEEDS_SECRETS)
     from pipeline.clients.http import remember_configured_secrets  # imports aiohttp: not for --help
 
     remember_configured_secrets(settings)  # so no output shows one, even from events stored long ago
@@ -90,13 +156,7 @@ def _time(text: str, name: str) -> datetime:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(ScrubbingFilter())  # no secret in a log line, even one a server echoed
+    configure_logging(verbose=args.verbose, json_lines=args.log_format == "json", service=args.command == "run")
     if args.command is None:
         parser.print_help()
         return EXIT_SETUP
@@ -115,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, console: Console) -> int:
     # Imported here so that `pipeline --help` and config errors stay fast and need no I/O libraries.
-    from pipeline import commands
+    from pipeline import commands, operate
 
     if args.command == "demo":
         return anyio.run(commands.demo, console, args.dir)
@@ -133,7 +193,9 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "sync":
         return anyio.run(commands.sync, console, settings)
     if args.command == "run":
-        return anyio.run(commands.run_forever, console, settings, (signal.SIGINT, signal.SIGTERM))
+        return anyio.run(
+            lambda: commands.run_forever(console, settings, (signal.SIGINT, signal.SIGTERM), hangup=signal.SIGHUP)
+        )
     if args.command == "replay":
         window = (_time(args.window_from, "--from"), _time(args.window_to, "--to"))
         if args.tenant and args.tenant not in {t.name for t in settings.tenants}:
@@ -149,6 +211,12 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
                 resend_orders=args.resend_orders,
             )
         )
+    if args.command == "migrate":
+        return anyio.run(operate.migrate, console, settings)
+    if args.command == "backup":
+        return anyio.run(operate.backup, console, settings, args.file)
+    if args.command == "check":
+        return anyio.run(operate.check, console, settings)
     if args.command == "audit":
         return anyio.run(commands.audit, console, settings, args)
     if args.command == "redrive":

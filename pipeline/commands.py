@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
+import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,11 +19,12 @@ from rich.console import Console
 
 from pipeline import audit as audit_
 from pipeline import console as out
-from pipeline.config import Settings
-from pipeline.errors import ConfigError
+from pipeline.config import Settings, reload_settings
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.eventlog.base import EventLog, NewEvent
 from pipeline.eventlog.sqlite import SqliteEventLog
-from pipeline.events import EntityRedriven
+from pipeline.events import OUTCOME_TYPES, CommandFailed, EntityRedriven
+from pipeline.logs import log_cycle, log_tenant_cycle
 from pipeline.replay import Kind
 from pipeline.replay import replay as replay_
 from pipeline.runtime import EXIT_CYCLE_FAILED, CycleReport, Runtime, TenantState, describe_failure, fatal_error
@@ -32,13 +36,23 @@ log = logging.getLogger(__name__)
 
 
 async def _cycle(console: Console, runtime: Runtime, title: str) -> CycleReport:
+    before = await runtime.log.max_position()
     if console.is_terminal:
         with console.status(f"{title}: starting") as status:
             report = await runtime.cycle(lambda stage: status.update(f"{title}: {stage}"))
     else:
         report = await runtime.cycle(lambda stage: console.print(f"{title}: {stage}"))
+    await _account(runtime, report, before)
     out.print_cycle(console, report, title)
     return report
+
+
+async def _account(runtime: Runtime, report: CycleReport, before: int) -> None:
+    """Add the cycle's `observation.skipped` to its skipped counts, and log its summary lines."""
+    for tenant, n in (await audit_.observation_skips(runtime.log, before)).items():
+        if tenant in report.tenants:
+            report.tenants[tenant].skipped += n
+    log_cycle(report, datetime.now(UTC))
 
 
 async def sync(
@@ -76,6 +90,7 @@ async def run_forever(
     clock: Callable[[], datetime] | None = None,
     wrap_log: Callable[[SqliteEventLog], EventLog] | None = None,
     status: Status | None = None,
+    hangup: signal.Signals | None = None,
 ) -> int:
     """Every tenant's loop (a cycle every interval, see `pipeline.runtime`) until one of `signals` arrives (or
     `stop` is set); each running cycle finishes first. Serves /readyz (= /healthz), /metrics and a status page at
@@ -83,7 +98,7 @@ async def run_forever(
 
     `cycled` hears each tenant's state after each cycle. Tests bound the run with `cycles` (per tenant), replace
     every tenant's `interval`, inject the `clock`, wrap the log (`wrap_log`) to inject faults, and may pass the
-    `status` to record in."""
+    `status` to record in. `hangup` (SIGHUP) reloads the config file: see `Reloads`."""
     from pipeline.web import Status, serve
 
     stop = stop or anyio.Event()
@@ -92,6 +107,8 @@ async def run_forever(
 
     def record(state: TenantState) -> None:
         status.record_tenant(state)
+        if state.report is not None and state.last_started is not None and state.last_ended is not None:
+            log_tenant_cycle(state.report, (state.last_ended - state.last_started).total_seconds())
         if state.report is not None:
             out.print_cycle(console, CycleReport(state.last_started or clock(), {state.name: state.report}), "cycle")
         if state.report is not None and state.report.cycle_error is not None:
@@ -109,7 +126,7 @@ async def run_forever(
     try:
         async with (
             Runtime(settings, clock=clock, command="run", wrap_log=wrap_log) as runtime,
-            serve(status, settings.status_host, settings.status_port) as url,
+            _status_server(serve(status, settings.status_host, settings.status_port), settings) as url,
             anyio.create_task_group() as tg,
         ):
             console.print(f"status: {url}/  ready: {url}/readyz  metrics: {url}/metrics")
@@ -118,7 +135,20 @@ async def run_forever(
                 started(url)
             if signals:
                 tg.start_soon(watch)
-            await runtime.run(stop, cycles=cycles, interval=interval, on_cycle=record)
+            reloads = Reloads(runtime)
+            if hangup is not None:
+                tg.start_soon(reloads.watch, hangup)
+            while True:
+                # One epoch per configuration: a reload ends it (each tenant finishes its cycle in progress), then
+                # the loops start again with the new tenants and interval.
+                epoch = reloads.epoch = anyio.Event()
+                async with anyio.create_task_group() as relay:
+                    relay.start_soon(_relay, stop, epoch)
+                    await runtime.run(epoch, cycles=cycles, interval=interval, on_cycle=record)
+                    relay.cancel_scope.cancel()
+                if stop.is_set() or not reloads.apply():
+                    break
+                status.tenants = {name: runtime.states[name] for name in runtime.states}
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:  # the task group wraps what ends `run`: hand the CLI the error itself
         fatal = fatal_error(group)
@@ -126,6 +156,70 @@ async def run_forever(
             raise fatal from None
         raise
     return 0
+
+
+async def _relay(stop: anyio.Event, epoch: anyio.Event) -> None:
+    await stop.wait()
+    epoch.set()
+
+
+class Reloads:
+    """SIGHUP in `run`: read the config file again. Tenants added or removed and a new interval apply at once:
+    each tenant finishes its cycle in progress, then every loop starts again with the new settings. Other changes
+    are logged as needing a restart; an invalid file is refused (its problems logged) and the running config kept."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.pending: Settings | None = None
+        self.epoch: anyio.Event | None = None
+
+    async def watch(self, signum: signal.Signals) -> None:
+        with anyio.open_signal_receiver(signum) as received:
+            async for _ in received:
+                self.reload()
+
+    def reload(self) -> None:
+        try:
+            fresh, notes = reload_settings(self.pending or self.runtime.settings)
+        except ConfigError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            return
+        for note in notes:
+            log.warning("reload: %s", note)
+        log.info("reload: %d tenant(s); their next cycle starts once the current ones end", len(fresh.tenants))
+        self.pending = fresh
+        if self.epoch is not None:
+            self.epoch.set()
+
+    def apply(self) -> bool:
+        """Between epochs only (no cycle runs): use the pending settings. Returns whether there were any."""
+        if self.pending is None:
+            return False
+        self.runtime.apply_settings(self.pending)
+        self.pending = None
+        return True
+
+
+@asynccontextmanager
+async def _status_server(server: AbstractAsyncContextManager[str], settings: Settings) -> AsyncIterator[str]:
+    """The status server; failing to listen is one line naming the key to change, not a traceback (exit 2)."""
+    try:
+        url = await server.__aenter__()
+    except OSError as exc:
+        bad_host = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+        key = f"status_host = {settings.status_host!r}" if bad_host else f"status_port = {settings.status_port}"
+        where = f"{settings.status_host}:{settings.status_port}"
+        raise PipelineError(
+            f"{settings.source or 'config'}: {key}: cannot listen on {where}: {exc.strerror or exc}"
+            " (choose a free port, or 0 for any)"
+        ) from None
+    try:
+        yield url
+    except BaseException as exc:
+        if not await server.__aexit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await server.__aexit__(None, None, None)
 
 
 async def replay(
@@ -138,7 +232,7 @@ async def replay(
     dry_run: bool,
     resend_orders: bool,
 ) -> int:
-    async with await SqliteEventLog.open(settings.database) as log_:
+    async with await SqliteEventLog.open(settings.database, mode="existing") as log_:
         report = await replay_(
             log_,
             settings,
@@ -155,11 +249,23 @@ async def replay(
 
 
 async def audit(console: Console, settings: Settings, args: argparse.Namespace) -> int:
-    async with await SqliteEventLog.open(settings.database) as log_:
+    async with await SqliteEventLog.open(settings.database, mode="existing") as log_:
+        tenant = getattr(args, "tenant", None)
+        if tenant is not None:
+            await _known_tenant(log_, settings, tenant)
         if args.audit == "history":
-            out.print_rows(console, await audit_.history(log_, args.tenant, args.entity), as_json=args.json)
+            entities = await audit_.resolve(log_, args.tenant, args.entity)
+            if not entities:
+                raise ConfigError(
+                    [f"{args.tenant} has no entity, SKU, order number or invoice number {args.entity!r} in the log"],
+                    "command line",
+                )
+            out.print_rows(console, await audit_.histories(log_, args.tenant, entities), as_json=args.json)
         elif args.audit == "lineage":
-            out.print_rows(console, await audit_.lineage(log_, args.position), as_json=args.json)
+            rows = await audit_.lineage(log_, args.position)
+            if not rows:
+                raise ConfigError([f"no event at position {args.position}"], "command line")
+            out.print_rows(console, rows, as_json=args.json)
         elif args.audit == "failures":
             rows = await audit_.failures(log_, args.tenant)
             out.print_rows(console, rows, as_json=args.json)
@@ -167,20 +273,39 @@ async def audit(console: Console, settings: Settings, args: argparse.Namespace) 
         elif args.audit == "stats":
             out.print_table(console, ("tenant", "type", "events"), await audit_.stats(log_), as_json=args.json)
         elif args.audit == "sql":
-            result = await audit_.sql(log_, args.query)
-            width = len(result[0]) if result else 0
-            out.print_table(console, [f"c{i}" for i in range(width)], result, as_json=args.json)
+            header, result = await audit_.sql(log_, args.query, timeout=args.timeout)
+            out.print_table(console, header, result, as_json=args.json)
     return 0
 
 
+async def _known_tenant(log_: SqliteEventLog, settings: Settings, tenant: str) -> None:
+    """A tenant of the config, or one the log still holds events of; anything else is a typing error."""
+    if tenant in {t.name for t in settings.tenants} or tenant in await audit_.tenants(log_):
+        return
+    names = ", ".join(t.name for t in settings.tenants)
+    raise ConfigError([f"no tenant named {tenant!r} (the config has: {names})"], "command line")
+
+
 async def redrive(console: Console, settings: Settings, tenant: str, entity: str, reason: str) -> int:
+    """Release a quarantined entity. Refuses an unknown tenant or entity, and an entity that is not quarantined."""
     if tenant not in {t.name for t in settings.tenants}:
-        raise ConfigError([f"no tenant named {tenant!r}"], "command line")
-    async with await SqliteEventLog.open(settings.database) as log_:
+        names = ", ".join(t.name for t in settings.tenants)
+        raise ConfigError([f"no tenant named {tenant!r} (the config has: {names})"], "command line")
+    async with await SqliteEventLog.open(settings.database, mode="existing") as log_:
+        if not await log_.query("SELECT 1 FROM events WHERE tenant = ? AND entity = ? LIMIT 1", (tenant, entity)):
+            raise ConfigError(
+                [f"{tenant} has no entity {entity!r} in the log (`pipeline audit failures` lists the quarantined)"],
+                "command line",
+            )
+        marks = await log_.latest([*OUTCOME_TYPES, EntityRedriven.TYPE], tenant=tenant, entity=entity)
+        mark = marks.get((tenant, entity))
+        if mark is None or not (isinstance(mark.event, CommandFailed) and mark.event.permanent):
+            last = f"its last outcome is #{mark.position} {mark.type}" if mark else "it has no outcome yet"
+            raise ConfigError([f"{tenant} {entity} is not quarantined ({last}); nothing to release"], "command line")
         stamp = await log_.max_position()
         event = EntityRedriven(reason=reason, by="operator")
         await log_.append([NewEvent(tenant, entity, event, f"{tenant}/{entity}/redrive/{stamp}")])
-    console.print(f"{tenant} {entity}: released; the next sync sends its latest command")
+    console.print(f"{tenant} {entity}: released; the next sync sends its latest command", markup=False, highlight=False)
     return 0
 
 

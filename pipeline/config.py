@@ -8,6 +8,7 @@ Secrets are `Secret` values: their `repr` and `str` are masked, so they cannot l
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -124,9 +125,10 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 class _Checker:
     """Reads typed values out of a TOML table, recording problems instead of raising."""
 
-    def __init__(self, env: Mapping[str, str], base: Path) -> None:
+    def __init__(self, env: Mapping[str, str], base: Path, secrets: bool = True) -> None:
         self.env = env
         self.base = base
+        self.secrets = secrets
         self.problems: list[str] = []
 
     def problem(self, path: str, message: str) -> None:
@@ -178,16 +180,54 @@ class _Checker:
             return None
         return expanded
 
+    def user(self, path: str, raw: Mapping[str, Any], key: str, required: bool = True) -> str | None:
+        """A user name: a credential like the secrets (not read when secrets are not wanted)."""
+        if not self.secrets:
+            return "" if key in raw or required else None
+        return self.string(path, raw, key) if required or key in raw else None
+
     def optional_string(self, path: str, raw: Mapping[str, Any], key: str) -> str | None:
         if key not in raw:
             return None
         return self.string(path, raw, key)
 
     def secret(self, path: str, raw: Mapping[str, Any], key: str, required: bool = True) -> Secret | None:
-        if key not in raw and not required:
+        """A secret given inline (`key = "…"`, `${NAME}` allowed) or as a file (`key_file = "/run/credentials/…"`).
+
+        The file's text is the secret, without its trailing newline. Problems name the key, never the value.
+        """
+        file_key = f"{key}_file"
+        if not self.secrets:  # a command that talks to neither system: not read, not required
+            return Secret("") if key in raw or file_key in raw or required else None
+        if file_key in raw:
+            if key in raw:
+                self.problem(_join(path, key), f"give either {key} or {file_key}, not both")
+                return None
+            where = _join(path, file_key)
+            file_name = self.string(path, raw, file_key)
+            if file_name is None:
+                return None
+            file = Path(file_name).expanduser()
+            file = file if file.is_absolute() else self.base / file
+            try:
+                text = file.read_text(encoding="utf-8")
+            except OSError as exc:
+                self.problem(where, f"cannot read {file}: {exc.strerror or type(exc).__name__}")
+                return None
+            except UnicodeDecodeError:
+                self.problem(where, f"{file} is not UTF-8 text")
+                return None
+            value = text.rstrip("\r\n")
+            if not value.strip():
+                self.problem(where, f"{file} is empty")
+                return None
+            return Secret(value)
+        if key not in raw:
+            if required:
+                self.problem(_join(path, key), f"missing (give it inline or as {file_key})")
             return None
-        value = self.string(path, raw, key)
-        return Secret(value) if value is not None else None
+        inline = self.string(path, raw, key)
+        return Secret(inline) if inline is not None else None
 
     def number(
         self,
@@ -197,6 +237,7 @@ class _Checker:
         default: float,
         *,
         minimum: float | None = None,
+        maximum: float | None = None,
         integer: bool = False,
     ) -> float:
         where = _join(path, key)
@@ -207,13 +248,21 @@ class _Checker:
         if isinstance(value, bool) or not ok:
             self.problem(where, f"expected {'an integer' if integer else 'a number'}, got {_kind(value)}")
             return default
+        if not math.isfinite(value):  # nan and inf pass every comparison below, so they are refused first
+            self.problem(where, f"expected a finite number, got {value}")
+            return default
         if minimum is not None and value < minimum:
-            self.problem(where, f"must be at least {minimum}, got {value}")
+            self.problem(where, f"must be at least {_show(minimum)}, got {_show(value)}")
+            return default
+        if maximum is not None and value > maximum:
+            self.problem(where, f"must be at most {_show(maximum)}, got {_show(value)}")
             return default
         return float(value) if not integer else value
 
-    def integer(self, path: str, raw: Mapping[str, Any], key: str, default: int, minimum: int = 0) -> int:
-        return int(self.number(path, raw, key, default, minimum=minimum, integer=True))
+    def integer(
+        self, path: str, raw: Mapping[str, Any], key: str, default: int, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        return int(self.number(path, raw, key, default, minimum=minimum, maximum=maximum, integer=True))
 
     def boolean(self, path: str, raw: Mapping[str, Any], key: str, default: bool) -> bool:
         if key not in raw:
@@ -280,6 +329,11 @@ class _Checker:
         return p if p.is_absolute() else (self.base / p).resolve()
 
 
+def _show(value: float) -> str:
+    """A bound or value as people write it: 300, 0.5, 1e+300."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -295,12 +349,15 @@ def _kind(value: object) -> str:
     }.get(type(value), type(value).__name__)
 
 
+_DAY = 86_400.0  # upper bound of the intervals and overlaps: beyond a day they are typing errors, not choices
 _TOP = {"database", "interval_seconds", "status_host", "status_port", "poweroffice", "ongoing", "tenants"}
 _PO = {
     "api_url",
     "token_url",
     "application_key",
+    "application_key_file",
     "subscription_key",
+    "subscription_key_file",
     "requests_per_second",
     "page_size",
     "overlap_seconds",
@@ -311,6 +368,7 @@ _ON = {
     "api_url",
     "username",
     "password",
+    "password_file",
     "timeout_seconds",
     "parallel_goods_owners",
     "page_size",
@@ -320,9 +378,11 @@ _ON = {
 _TENANT = {
     "name",
     "poweroffice_client_key",
+    "poweroffice_client_key_file",
     "ongoing_goods_owner_id",
     "ongoing_username",
     "ongoing_password",
+    "ongoing_password_file",
     "orders_since",
     "product_group_codes",
     "stock_items_only",
@@ -334,16 +394,20 @@ _TENANT = {
 }
 
 
-def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str], source: str = "config") -> Settings:
-    """Build `Settings` from an already-parsed TOML document. Raises ConfigError listing every problem."""
-    c = _Checker(env, base)
+def parse_settings(
+    raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str], source: str = "config", secrets: bool = True
+) -> Settings:
+    """Build `Settings` from an already-parsed TOML document. Raises ConfigError listing every problem.
+
+    `secrets=False` (audit, replay, redrive, backup, migrate: commands that call neither system) leaves every
+    secret empty, unread and unchecked, so an operator can query the log without the service's credentials.
+    """
+    c = _Checker(env, base, secrets)
     c.unknown("", raw, _TOP)
     database = c.path("", raw, "database")
-    interval = c.number("", raw, "interval_seconds", 900.0, minimum=1)
+    interval = c.number("", raw, "interval_seconds", 900.0, minimum=1, maximum=_DAY)
     status_host = c.string("", raw, "status_host", "127.0.0.1") or "127.0.0.1"
-    status_port = c.integer("", raw, "status_port", 8765, minimum=0)
-    if status_port > 65535:
-        c.problem("status_port", f"expected a port number up to 65535, got {status_port}")
+    status_port = c.integer("", raw, "status_port", 8765, minimum=0, maximum=65535)
 
     po_raw = c.table("", raw, "poweroffice")
     c.unknown("poweroffice", po_raw, _PO)
@@ -353,26 +417,29 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
         token_url=c.url("poweroffice", po_raw, "token_url", PRODUCTION_POWEROFFICE_TOKEN),
         application_key=po_secret("application_key") or Secret(""),
         subscription_key=po_secret("subscription_key") or Secret(""),
-        requests_per_second=c.number("poweroffice", po_raw, "requests_per_second", 10.0, minimum=0.1),
-        page_size=c.integer("poweroffice", po_raw, "page_size", 5000, minimum=1),
-        overlap_seconds=c.number("poweroffice", po_raw, "overlap_seconds", 300.0, minimum=0),
-        timeout_seconds=c.number("poweroffice", po_raw, "timeout_seconds", 30.0, minimum=0.1),
-        retry_after_cap_seconds=c.number("poweroffice", po_raw, "retry_after_cap_seconds", 30.0, minimum=0),
+        requests_per_second=c.number("poweroffice", po_raw, "requests_per_second", 10.0, minimum=0.1, maximum=1000),
+        # PowerOffice allows at most 20000 rows a page.
+        page_size=c.integer("poweroffice", po_raw, "page_size", 5000, minimum=1, maximum=20000),
+        overlap_seconds=c.number("poweroffice", po_raw, "overlap_seconds", 300.0, minimum=0, maximum=_DAY),
+        timeout_seconds=c.number("poweroffice", po_raw, "timeout_seconds", 30.0, minimum=0.1, maximum=3600),
+        retry_after_cap_seconds=c.number(
+            "poweroffice", po_raw, "retry_after_cap_seconds", 30.0, minimum=0, maximum=3600
+        ),
     )
-    if poweroffice.page_size > 20000:
-        c.problem("poweroffice.page_size", f"PowerOffice allows at most 20000, got {poweroffice.page_size}")
 
     on_raw = c.table("", raw, "ongoing")
     c.unknown("ongoing", on_raw, _ON)
     ongoing = OngoingSettings(
         api_url=c.url("ongoing", on_raw, "api_url"),
-        username=c.string("ongoing", on_raw, "username") or "",
+        username=c.user("ongoing", on_raw, "username") or "",
         password=c.secret("ongoing", on_raw, "password") or Secret(""),
-        timeout_seconds=c.number("ongoing", on_raw, "timeout_seconds", 60.0, minimum=0.1),
-        parallel_goods_owners=c.integer("ongoing", on_raw, "parallel_goods_owners", 8, minimum=1),
-        page_size=c.integer("ongoing", on_raw, "page_size", 1000, minimum=1),
-        full_stock_sweep_hours=c.number("ongoing", on_raw, "full_stock_sweep_hours", 24.0, minimum=0.01),
-        retry_after_cap_seconds=c.number("ongoing", on_raw, "retry_after_cap_seconds", 30.0, minimum=0),
+        timeout_seconds=c.number("ongoing", on_raw, "timeout_seconds", 60.0, minimum=0.1, maximum=3600),
+        parallel_goods_owners=c.integer("ongoing", on_raw, "parallel_goods_owners", 8, minimum=1, maximum=256),
+        page_size=c.integer("ongoing", on_raw, "page_size", 1000, minimum=1, maximum=100_000),
+        full_stock_sweep_hours=c.number(
+            "ongoing", on_raw, "full_stock_sweep_hours", 24.0, minimum=0.01, maximum=24 * 365
+        ),
+        retry_after_cap_seconds=c.number("ongoing", on_raw, "retry_after_cap_seconds", 30.0, minimum=0, maximum=3600),
     )
 
     tenants: list[TenantSettings] = []
@@ -391,7 +458,7 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
         name = c.string(p, t, "name") or ""
         if name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             c.problem(f"{p}.name", f"use letters, digits, '.', '_' or '-' only, got {name!r}")
-        owner = c.integer(p, t, "ongoing_goods_owner_id", 0, minimum=1)
+        owner = c.integer(p, t, "ongoing_goods_owner_id", 0, minimum=1, maximum=2**31 - 1)
         if "ongoing_goods_owner_id" not in t:
             c.problem(f"{p}.ongoing_goods_owner_id", "missing")
         if name in names:
@@ -406,8 +473,8 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
         elif owner:
             owners[owner] = i
         password = c.secret(p, t, "ongoing_password", required=False)
-        username = c.optional_string(p, t, "ongoing_username")
-        if ("ongoing_username" in t) != ("ongoing_password" in t):
+        username = c.user(p, t, "ongoing_username", required=False)
+        if ("ongoing_username" in t) != ("ongoing_password" in t or "ongoing_password_file" in t):
             c.problem(p, "ongoing_username and ongoing_password go together")
         tenants.append(
             TenantSettings(
@@ -443,16 +510,52 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
     )
 
 
-def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, secrets: bool = True
+) -> Settings:
     """Read and check the TOML file at `path`. Raises ConfigError (every problem at once)."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        data = file.read_bytes()
     except OSError as exc:
         raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], str(file)) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        problem = f"not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} (save the file as UTF-8)"
+        raise ConfigError([problem], str(file)) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], str(file)) from exc
-    settings = parse_settings(raw, base=file.resolve().parent, env=os.environ if env is None else env, source=str(file))
-    return dataclasses.replace(settings, source=file.resolve())  # keeps every other field (status_port too)
+    settings = parse_settings(
+        raw, base=file.resolve().parent, env=os.environ if env is None else env, source=str(file), secrets=secrets
+    )
+    return dataclasses.replace(settings, source=file.resolve())
+
+
+# What a reload (SIGHUP) can change in a running service: the tenants and the interval. The rest is held by open
+# connections, clients and the listening socket, and needs a restart.
+RELOADABLE: Final = ("tenants", "interval_seconds")
+
+
+def reload_settings(current: Settings, env: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
+    """Read `current.source` again for a running service. Returns (settings to use, notes for the log).
+
+    An invalid file raises ConfigError (keep `current`). A change to anything but the tenants and the interval
+    is not applied; each such key is named in the notes ("needs a restart").
+    """
+    if current.source is None:
+        raise ConfigError(["these settings were not read from a file"], "reload")
+    fresh = load_settings(current.source, env)
+    notes = [
+        f"{f.name}: changed; needs a restart (kept as it was)"
+        for f in dataclasses.fields(Settings)
+        if f.name not in (*RELOADABLE, "source") and getattr(fresh, f.name) != getattr(current, f.name)
+    ]
+    applied = dataclasses.replace(current, tenants=fresh.tenants, interval_seconds=fresh.interval_seconds)
+    before, after = {t.name for t in current.tenants}, {t.name for t in fresh.tenants}
+    notes += [f"tenant {name}: added" for name in sorted(after - before)]
+    notes += [f"tenant {name}: removed" for name in sorted(before - after)]
+    return applied, notes

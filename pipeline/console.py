@@ -38,8 +38,16 @@ def cycle_table(report: CycleReport, title: str = "sync") -> Table:
     return table
 
 
+LEGEND = (
+    "observed: new records read · commands: writes queued · delivered: writes done · skipped: writes not needed"
+    " (superseded, unchanged, order started) and records that make none (filtered, not a stock item) ·"
+    " failed: mapping or delivery failures · waiting: held by a quarantine or by undelivered articles"
+)
+
+
 def print_cycle(console: Console, report: CycleReport, title: str = "sync") -> None:
     console.print(cycle_table(report, title))
+    console.print(LEGEND, highlight=False, markup=False)
     for t in report.tenants.values():
         for error in t.errors:
             console.print(Text.assemble((t.name, "red"), ": ", remote(error)), highlight=False)
@@ -65,6 +73,14 @@ def print_replay(console: Console, report: ReplayReport, *, limit: int = 200) ->
             console.print(remote(f"      {path}: {_show(before)} -> {_show(after)}"), highlight=False)
     if len(report.changes) > limit:
         console.print(f"  ... and {len(report.changes) - limit} more")
+    if report.failures:
+        console.print(f"{len(report.failures)} observation(s) the current mapping cannot map:")
+    for failure in report.failures:
+        console.print(
+            f"  {failure.tenant} {failure.entity} (from #{failure.source}): {failure.field}: {failure.reason}",
+            highlight=False,
+            markup=False,
+        )
 
 
 def print_rows(console: Console, rows: Sequence[Row], *, as_json: bool) -> None:

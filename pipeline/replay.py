@@ -7,7 +7,9 @@ the older one would send stale data.) Each resulting command is compared with th
 
 - equal → nothing to do;
 - different → listed with a per-field diff; without `dry_run` it is appended (with the current mapping version
-  and the observation as causation) for the senders to deliver.
+  and the observation as causation) for the senders to deliver;
+- not mappable → listed with the field and reason; without `dry_run` recorded as `mapping.failed` (the projector's
+  dedupe key), so `audit failures` shows it.
 
 Orders already delivered are sent again only with `resend_orders`, and only those whose mapped body differs from
 the body last delivered: those get a `force`d command (the sender refuses a delivered order otherwise, and never
@@ -64,6 +66,17 @@ class Change:
 
 
 @dataclass
+class Failure:
+    """An observation the current mapping cannot map: which entity, which observation, and why."""
+
+    tenant: str
+    entity: str
+    source: int
+    field: str
+    reason: str
+
+
+@dataclass
 class ReplayReport:
     window_from: datetime
     window_to: datetime
@@ -82,6 +95,7 @@ class ReplayReport:
     # Changed orders never delivered (sent), and delivered ones changed but not forced (the sender skips them).
     orders_new: int = 0
     orders_not_resent: int = 0
+    failures: list[Failure] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -176,6 +190,7 @@ async def replay(
             report.observations += 1
             window[stored.entity] = stored
         out: list[NewEvent] = []
+        failed: list[NewEvent] = []
         for stored in sorted(window.values(), key=lambda e: e.position):
             if newest.get(stored.entity) != stored.position:
                 report.superseded += 1
@@ -184,6 +199,20 @@ async def replay(
             done = project_event(state, stored)
             if isinstance(done, Failed):
                 report.failed += 1
+                report.failures.append(
+                    Failure(t.name, stored.entity, stored.position, done.failure.field, done.failure.reason)
+                )
+                if not dry_run:  # recorded as the projector would, so `audit failures` lists it too
+                    failed.append(
+                        NewEvent(
+                            t.name,
+                            stored.entity,
+                            done.failure,
+                            f"{t.name}/{stored.entity}/mapfail/{stored.position}/v{MAPPING_VERSION}",
+                            causation=stored.position,
+                            mapping_version=MAPPING_VERSION,
+                        )
+                    )
                 continue
             if not isinstance(done, Command):
                 report.skipped += 1
@@ -230,6 +259,8 @@ async def replay(
         if out:
             result = await log.append(out)
             report.appended += result.appended
+        if failed:
+            await log.append(failed)
     record = ReplayRecorded(
         by=by or _who(),
         window_from=window_from.isoformat(),

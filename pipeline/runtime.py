@@ -224,6 +224,16 @@ class Runtime:
         }
         self.breakers = Breakers()  # the senders' circuit breakers: a cool-down spans cycles
 
+    def apply_settings(self, settings: Settings) -> None:
+        """Use `settings` (a reload) from the next `run`/`cycle` on: its tenants and interval. Only between runs."""
+        self.settings = settings
+        self.states = {
+            t.name: dataclasses.replace(self.states[t.name], interval_seconds=self.interval_of(t))
+            if t.name in self.states
+            else TenantState(t.name, self.interval_of(t))
+            for t in settings.tenants
+        }
+
     async def __aenter__(self) -> Runtime:
         try:
             self._stack.enter_context(Lease(self.settings.database, self.command))

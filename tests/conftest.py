@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,22 @@ def _fresh_secrets() -> Iterator[None]:
     forget_secrets()
     yield
     forget_secrets()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A test that runs the CLI in-process installs its log handler on the root logger, bound to that test's
+    captured stderr: remove it afterwards, so later tests do not log into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    loggers = {
+        name: lg.level for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)
+    }
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lvl in loggers.items():
+        logging.getLogger(name).setLevel(lvl)
 
 
 @pytest.fixture(autouse=True)

@@ -174,3 +174,137 @@ def test_cli_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("pipeline ")
+
+
+def test_status_host_and_port_come_from_the_file(tmp_path: Path) -> None:
+    """`status_host` / `status_port` in the file reach Settings (load_settings used to drop them)."""
+    s = load_settings(write(tmp_path, 'status_host = "0.0.0.0"\nstatus_port = 0\n' + GOOD), env=ENV)
+    assert (s.status_host, s.status_port) == ("0.0.0.0", 0)
+    assert s.source == (tmp_path / "conf" / "pipeline.toml").resolve()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("requests_per_second = 8", "requests_per_second = nan", "poweroffice.requests_per_second: expected a finite"),
+        ("[poweroffice]", "[poweroffice]\noverlap_seconds = inf", "poweroffice.overlap_seconds: expected a finite"),
+        (
+            "[poweroffice]",
+            "[poweroffice]\noverlap_seconds = 1e300",
+            "poweroffice.overlap_seconds: must be at most 86400",
+        ),
+        ("interval_seconds = 600", "interval_seconds = nan", "interval_seconds: expected a finite number"),
+        ("interval_seconds = 600", "interval_seconds = -inf", "interval_seconds: expected a finite number"),
+        ("[ongoing]", "[ongoing]\ntimeout_seconds = 1e9", "ongoing.timeout_seconds: must be at most 3600"),
+        ("interval_seconds = 600", "status_port = 70000", "status_port: must be at most 65535"),
+        ("[poweroffice]", "[poweroffice]\npage_size = 20001", "poweroffice.page_size: must be at most 20000"),
+    ],
+)
+def test_rule_numbers_are_finite_and_sensible(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    """nan, inf and absurd values are config errors with their key path, not tracebacks later."""
+    assert old in GOOD
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, GOOD.replace(old, new, 1)), env=ENV)
+    assert any(p.startswith(expected) for p in caught.value.problems), caught.value.problems
+
+
+def test_rule_a_non_utf8_file_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A stray Latin-1 byte gives one line naming the problem and its line, exit 2, no traceback."""
+    path = write(tmp_path, GOOD)
+    path.write_bytes(b"# bl\xe5 config\n" + GOOD.encode())
+    with pytest.raises(ConfigError, match=r"not UTF-8 text: byte 0xe5 on line 1"):
+        load_settings(path, env=ENV)
+    assert main(["--config", str(path), "sync"]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err
+    assert "Traceback" not in err
+
+
+def test_secrets_can_be_files(tmp_path: Path) -> None:
+    """`*_file` keys read the secret from a file (systemd credentials); relative to the config, ${VAR} allowed."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "wms").write_text("wms-from-file\n", encoding="utf-8")
+    (creds / "acme").write_text("acme-from-file", encoding="utf-8")
+    text = GOOD.replace('password = "${WMS_PASS}"', 'password_file = "${CREDENTIALS_DIRECTORY}/wms"').replace(
+        'poweroffice_client_key = "${ACME_KEY}"', 'poweroffice_client_key_file = "../creds/acme"'
+    )
+    s = load_settings(write(tmp_path, text), env={**ENV, "CREDENTIALS_DIRECTORY": str(creds)})
+    assert s.ongoing.password.reveal() == "wms-from-file"
+    assert s.tenants[0].poweroffice_client_key.reveal() == "acme-from-file"
+    assert "from-file" not in repr(s)
+
+
+def test_secret_files_that_are_missing_or_doubled_are_named(tmp_path: Path) -> None:
+    """A missing secret file, and a secret given both ways, are problems naming the key and never the value."""
+    text = GOOD.replace('password = "${WMS_PASS}"', 'password_file = "/nonexistent/wms"').replace(
+        'poweroffice_client_key = "${ACME_KEY}"',
+        'poweroffice_client_key = "${ACME_KEY}"\npoweroffice_client_key_file = "x"',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), env=ENV)
+    problems = "\n".join(caught.value.problems)
+    assert "ongoing.password_file: cannot read /nonexistent/wms" in problems
+    assert "tenants[0].poweroffice_client_key: give either poweroffice_client_key or poweroffice_client_key_file" in (
+        problems
+    )
+    for secret in SECRETS:
+        assert secret not in problems
+
+
+def test_pipeline_config_is_the_default_config_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --config, PIPELINE_CONFIG names the file; without either, the error says both."""
+    path = write(tmp_path, GOOD.replace("interval_seconds = 600", "interval_seconds = nan"))
+    monkeypatch.setenv("PIPELINE_CONFIG", str(path))
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    assert main(["sync"]) == 2
+    assert "interval_seconds: expected a finite number" in capsys.readouterr().err
+    monkeypatch.delenv("PIPELINE_CONFIG")
+    assert main(["sync"]) == 2
+    assert "--config FILE (or PIPELINE_CONFIG) is required" in capsys.readouterr().err
+
+
+def test_reload_takes_tenants_and_interval_and_names_what_needs_a_restart(tmp_path: Path) -> None:
+    """For SIGHUP: a tenant added or removed and a new interval apply; other changes are named, not applied;
+    an invalid file raises ConfigError (the service keeps its settings)."""
+    from pipeline.config import reload_settings
+
+    path = write(tmp_path, GOOD)
+    current = load_settings(path, env=ENV)
+    changed = GOOD.replace("interval_seconds = 600", "interval_seconds = 60\nstatus_port = 9999").replace(
+        'name = "beta"', 'name = "gamma"'
+    )
+    path.write_text(changed, encoding="utf-8")
+    applied, notes = reload_settings(current, env=ENV)
+    assert [t.name for t in applied.tenants] == ["acme", "gamma"]
+    assert applied.interval_seconds == 60
+    assert applied.status_port == current.status_port
+    assert notes == [
+        "status_port: changed; needs a restart (kept as it was)",
+        "tenant gamma: added",
+        "tenant beta: removed",
+    ]
+    path.write_text(GOOD.replace("interval_seconds = 600", "interval_seconds = nan"), encoding="utf-8")
+    with pytest.raises(ConfigError, match="interval_seconds"):
+        reload_settings(current, env=ENV)
+
+
+def test_commands_on_the_log_need_no_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """audit/replay/redrive/backup/migrate load the config without reading a secret (none of the variables or
+    credential files exist here); sync still requires them."""
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    text = GOOD.replace('password = "${WMS_PASS}"', 'password_file = "/nonexistent/credential"')
+    path = write(tmp_path, text)
+    s = load_settings(path, env={}, secrets=False)
+    assert [t.name for t in s.tenants] == ["acme", "beta"]
+    assert s.ongoing.password.reveal() == ""
+    assert main(["--config", str(path), "audit", "stats"]) == 2
+    assert "no event log at" in capsys.readouterr().err  # got past the config: it is the log that is missing
+    assert main(["--config", str(path), "sync"]) == 2
+    assert "environment variable PO_APP is not set" in capsys.readouterr().err

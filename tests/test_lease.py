@@ -16,6 +16,9 @@ import pytest
 from anyio.streams.text import TextReceiveStream
 
 from pipeline.cli import main
+from pipeline.eventlog.base import NewEvent
+from pipeline.eventlog.sqlite import SqliteEventLog
+from pipeline.events import CommandFailed
 from pipeline.fakes.world import fake_world
 from pipeline.lease import Lease, LeaseHeldError, lock_path
 from tests.test_e2e_crash import Tripwire
@@ -104,6 +107,7 @@ def test_sync_and_run_refuse_with_exit_2_while_read_only_commands_work_beside_th
     `replay --dry-run` and `redrive` (read-only or append-only) still work."""
     config = tmp_path / "pipeline.toml"
     config.write_text(CONFIG, encoding="utf-8")
+    anyio.run(_quarantined_article, tmp_path / "pipeline.db")  # a log to read, and an entity to re-drive
     with Lease(tmp_path / "pipeline.db", "run"):
         for command in ("sync", "run"):
             assert main(["--config", str(config), command]) == 2
@@ -114,6 +118,11 @@ def test_sync_and_run_refuse_with_exit_2_while_read_only_commands_work_beside_th
         assert main(["--config", str(config), "replay", *window, "--dry-run"]) == 0
         assert main(["--config", str(config), "redrive", "acme", "article:A1"]) == 0
         capsys.readouterr()
+
+
+async def _quarantined_article(db: Path) -> None:
+    async with await SqliteEventLog.open(db) as log:
+        await log.append([NewEvent("acme", "article:A1", CommandFailed(1, 400, "refused", 1, True), "acme/a1/failed")])
 
 
 @pytest.mark.slow

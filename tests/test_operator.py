@@ -13,7 +13,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_settings
-from pipeline.eventlog.sqlite import SqliteEventLog
+from pipeline.errors import MappingError
+from pipeline.eventlog.sqlite import SCHEMA_VERSION, SqliteEventLog
 from pipeline.events import ArticleUpsertRequested, ReplayRecorded
 from pipeline.fakes.faults import Fault
 from pipeline.fakes.world import World, fake_world
@@ -35,6 +36,10 @@ def config(world: World, tmp_path: Path) -> Path:
     path = tmp_path / "pipeline.toml"
     path.write_text(world.config_toml("pipeline.db", requests_per_second=1000), encoding="utf-8")
     return path
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 async def cycle(config: Path) -> CycleReport:
@@ -183,3 +188,171 @@ async def test_replay_never_sends_an_older_observation_back(
     assert "superseded 1" in out
     assert "appended 0" in out
     assert world.ongoing.article(t.goods_owner_id, product["Code"])["customerPrice"] == 4321.0
+
+
+@pytest.mark.anyio
+async def test_rule_redrive_refuses_unknown_tenants_entities_and_entities_not_quarantined(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """redrive exits 2 and appends nothing for a typo'd tenant or entity, or an entity that is not held."""
+    await cycle(config)
+    t = world.tenants[0]
+    settings = load_settings(config)
+    async with await SqliteEventLog.open(settings.database) as log:
+        before = await log.max_position()
+    delivered = f"article:{next(iter(world.ongoing.owner(t.goods_owner_id).articles))}"
+    for args, expected in (
+        (("nobody", delivered), "no tenant named 'nobody'"),
+        ((t.name, "article:NO-SUCH"), "has no entity 'article:NO-SUCH'"),
+        ((t.name, delivered), "is not quarantined (its last outcome is #"),
+    ):
+        capsys.readouterr()
+        assert await anyio.to_thread.run_sync(main, ["--config", str(config), "redrive", *args]) == 2
+        assert expected in capsys.readouterr().err
+    async with await SqliteEventLog.open(settings.database) as log:
+        assert await log.max_position() == before
+
+
+@pytest.mark.anyio
+async def test_rule_replay_lists_every_failed_entity_and_audit_failures_shows_them(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mapping that now fails for some products: replay names each with its field and reason; once applied,
+    `audit failures` lists them too."""
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    await cycle(config)
+    original = product_mapping.map_product
+
+    def broken(product: dict[str, Any], group: Any, tenant: Any) -> Any:
+        if str(product.get("Code", "")).endswith("2"):
+            raise MappingError("UnitPrice", "refused by the new rule")
+        return original(product, group, tenant)
+
+    monkeypatch.setattr("pipeline.projectors.commands.map_product", broken)
+    failing = sorted(
+        f"product:{p['Id']}" for p in world.tenants[0].company.products.values() if str(p["Code"]).endswith("2")
+    )
+    assert failing
+    window = ["--from", start.isoformat(), "--to", (datetime.now(UTC) + timedelta(minutes=1)).isoformat()]
+    code, out = await cli(capsys, "--config", str(config), "replay", *window, "--kind", "products", "--dry-run")
+    assert code == 0
+    for entity in failing:
+        assert f"{entity} (from #" in out
+    assert "UnitPrice: refused by the new rule" in out
+    code, out = await cli(capsys, "--config", str(config), "audit", "failures")
+    assert code == 0  # a dry run records nothing but its replay.recorded
+    code, out = await cli(capsys, "--config", str(config), "replay", *window, "--kind", "products")
+    code, out = await cli(capsys, "--config", str(config), "audit", "--json", "failures")
+    assert code == 1
+    assert sorted(r["entity"] for r in json.loads(out)) == failing
+
+
+@pytest.mark.anyio
+async def test_audit_history_accepts_a_sku_an_order_number_or_an_invoice_number(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What people type (SKU, order number, invoice number) finds the same events as the internal keys."""
+    await cycle(config)
+    t = world.tenants[0]
+    order = next(iter(world.ongoing.owner(t.goods_owner_id).orders.values())).body
+    invoice = t.company.invoices[order["goodsOwnerOrderId"]]
+    product = next(
+        p for p in t.company.products.values() if p["Code"] in world.ongoing.owner(t.goods_owner_id).articles
+    )
+    base = ["--config", str(config), "audit", "history", t.name]
+    code, out = await cli(capsys, *base, product["Code"], "--json")
+    assert code == 0
+    entities = {r["entity"] for r in json.loads(out)}
+    assert {f"product:{product['Id']}", f"article:{product['Code']}"} <= entities
+    for number in (str(order["orderNumber"]), str(invoice["InvoiceNo"])):
+        code, out = await cli(capsys, *base, number, "--json")
+        assert code == 0
+        types = [r["type"] for r in json.loads(out)]
+        assert types[:3] == ["invoice.observed", "order.upsert_requested", "command.succeeded"]
+    capsys.readouterr()
+    assert await anyio.to_thread.run_sync(main, [*base, "NO-SUCH-THING"]) == 2
+    assert "no entity, SKU, order number or invoice number 'NO-SUCH-THING'" in capsys.readouterr().err
+    assert await anyio.to_thread.run_sync(main, [*base, "product:999999999"]) == 2
+    assert "'product:999999999'" in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_rule_an_unknown_tenant_is_an_error_not_nothing_found(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit history`/`failures` with a tenant neither the config nor the log knows: exit 2, naming the tenants."""
+    await cycle(config)
+    for args in (["history", "nobody", "product:1"], ["failures", "--tenant", "nobody"]):
+        capsys.readouterr()
+        assert await anyio.to_thread.run_sync(main, ["--config", str(config), "audit", *args]) == 2
+        err = capsys.readouterr().err
+        assert "no tenant named 'nobody'" in err
+        assert world.tenants[0].name in err
+
+
+@pytest.mark.anyio
+async def test_audit_lineage_from_an_observation_shows_the_command_and_its_delivery(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lineage of an observation, of its command and of the outcome all show the same whole chain."""
+    await cycle(config)
+    settings = load_settings(config)
+    async with await SqliteEventLog.open(settings.database) as log:
+        observation = await anext(aiter(log.read(types=["product.observed"])))
+    code, out = await cli(capsys, "--config", str(config), "audit", "--json", "lineage", str(observation.position))
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["type"] for r in rows] == ["product.observed", "article.upsert_requested", "command.succeeded"]
+    for row in rows[1:]:
+        code, again = await cli(capsys, "--config", str(config), "audit", "lineage", str(row["position"]), "--json")
+        assert [r["position"] for r in json.loads(again)] == [r["position"] for r in rows]
+
+
+@pytest.mark.anyio
+async def test_audit_sql_names_columns_by_alias(world: World, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Columns are the query's own names; JSON keys too."""
+    await cycle(config)
+    query = "SELECT type AS kind, count(*) AS n FROM events WHERE type = 'product.observed' GROUP BY type"
+    code, out = await cli(capsys, "--config", str(config), "audit", "sql", query, "--json")
+    assert code == 0
+    assert json.loads(out) == [{"kind": "product.observed", "n": len(world.tenants[0].company.products)}]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "query",
+    [
+        "ATTACH DATABASE '{tmp}/attached.db' AS x",
+        "VACUUM INTO '{tmp}/vacuumed.db'",
+        "PRAGMA user_version = 99",
+        "PRAGMA journal_mode = DELETE",
+        "INSERT INTO cursors VALUES ('a', 'b', 'c', 'd')",
+        "CREATE TABLE scratch (a)",
+        "DELETE FROM events",
+    ],
+)
+async def test_rule_audit_sql_only_reads(
+    world: World, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], query: str
+) -> None:
+    """ATTACH, VACUUM INTO, pragma writes and every write are refused (exit 2); no file appears; nothing changes."""
+    await cycle(config)
+    before = files(tmp_path)
+    code, _ = await cli(capsys, "--config", str(config), "audit", "sql", query.format(tmp=tmp_path))
+    assert code == 2
+    assert files(tmp_path) == before
+    code, out = await cli(capsys, "--config", str(config), "audit", "sql", "PRAGMA user_version", "--json")
+    assert code == 0
+    assert json.loads(out)[0]["user_version"] == SCHEMA_VERSION
+
+
+@pytest.mark.anyio
+async def test_rule_audit_sql_stops_at_its_timeout(
+    world: World, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A query without end (a recursive CTE) is stopped after --timeout and named as such, exit 2."""
+    await cycle(config)
+    endless = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
+    capsys.readouterr()
+    code = await anyio.to_thread.run_sync(main, ["--config", str(config), "audit", "sql", endless, "--timeout", "0.2"])
+    assert code == 2
+    assert "query stopped after 0.2 s (--timeout)" in capsys.readouterr().err

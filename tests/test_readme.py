@@ -61,3 +61,30 @@ def test_readme_config_example_loads(tmp_path: Path) -> None:
     settings = load_settings(path, env={name: f"value-of-{name}" for name in names})
     assert [t.name for t in settings.tenants] == ["acme"]
     assert settings.database == tmp_path / "pipeline.db"
+
+
+def test_readme_commands_exist_and_operating_it_is_there() -> None:
+    """Every `pipeline <command>` the README shows is a command of the CLI; "Operating it" covers its topics."""
+    from pipeline.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    commands = set(sub.choices)  # type: ignore[union-attr]
+    shown = set(re.findall(r"pipeline --config pipeline\.toml ([a-z]+)", readme))
+    assert shown <= commands, shown - commands
+    for name in ("sync", "run", "check", "migrate", "backup", "audit", "replay", "redrive"):
+        assert f"pipeline --config pipeline.toml {name}" in readme, name
+        assert name in commands
+    section = readme.split("## Operating it", 1)[1].split("\n## ", 1)[0]
+    for topic in (
+        "deploy/pipeline.service",
+        "journalctl",
+        "/healthz",
+        "pipeline backup",
+        "rollback",
+        "One process per database",
+        "pipeline check",
+        ".bak",
+    ):
+        assert topic.lower() in section.lower(), topic

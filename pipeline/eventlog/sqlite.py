@@ -6,6 +6,11 @@
 - Duplicate dedupe keys are skipped by `ON CONFLICT DO NOTHING`; the row count tells appended from skipped.
 - Schema versions live in `PRAGMA user_version`; `MIGRATIONS[i]` takes a file from version i to i + 1. A file from
   a newer program is refused with `SchemaVersionError`.
+- `open(mode=…)` says who may create and upgrade: `"create"` (sync, run) creates a missing file and migrates an
+  older one after copying it to `<db>.v<N>.bak`; `"migrate"` (`pipeline migrate`) does the same for an existing
+  file only; `"existing"` (audit, replay, redrive) refuses a missing file and an older schema, and changes nothing.
+- `backup_file` copies a live log consistently (SQLite's online backup API); `untrusted_query` runs operator SQL
+  on its own connection under an authorizer that allows only reading, with a time limit.
 - Every sqlite3 error is translated into `StoreError` here; nothing above this module sees sqlite3.
 """
 
@@ -14,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 import anyio
@@ -29,6 +37,9 @@ from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, N
 from pipeline.events import ROW_META, decode_dict, encode
 
 Clock = Callable[[], datetime]
+OpenMode = Literal["create", "migrate", "existing"]
+
+log = logging.getLogger(__name__)
 
 _V1 = """
 CREATE TABLE events (
@@ -134,12 +145,28 @@ async def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: 
     return await conn._execute(fn, raw, *args)  # type: ignore[no-untyped-call]
 
 
-def _migrate(conn: sqlite3.Connection, path: str) -> None:
+def _migrate(conn: sqlite3.Connection, path: str, mode: OpenMode = "create") -> None:
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(
             f"{path} has schema version {version}; this pipeline understands up to {SCHEMA_VERSION}."
             " Upgrade pipeline to open it."
+        )
+    if version < SCHEMA_VERSION and mode == "existing":
+        raise SchemaVersionError(
+            f"{path} has schema version {version}, older than this pipeline's {SCHEMA_VERSION}; this command does not"
+            " upgrade it. Run `pipeline migrate` (it keeps a backup copy first), or let `sync`/`run` do it."
+        )
+    if 0 < version < SCHEMA_VERSION:
+        target_file = backup_path(Path(path), version)
+        _backup(conn, target_file)
+        log.warning(
+            "upgrading the event log %s from schema v%d to v%d; the v%d file is kept as %s",
+            path,
+            version,
+            SCHEMA_VERSION,
+            version,
+            target_file,
         )
     for target in range(version, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
@@ -151,6 +178,109 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def backup_path(database: Path, version: int) -> Path:
+    """Where the copy taken before an upgrade from `version` goes: `<db>.v<version>.bak`."""
+    return database.with_name(f"{database.name}.v{version}.bak")
+
+
+def _backup(source: sqlite3.Connection, target: Path) -> None:
+    """Copy `source` to `target` in one step (a consistent snapshot), via a temporary file renamed into place."""
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    copy = sqlite3.connect(partial)
+    try:
+        source.backup(copy)  # pages=-1: all pages in one step, under one read transaction
+    finally:
+        copy.close()
+    os.replace(partial, target)
+
+
+def _reading(path: Path) -> sqlite3.Connection:
+    """A connection to an existing file that refuses writes. (Not `mode=ro`: a read-only connection that closes
+    last leaves the `-wal` and `-shm` files behind.)"""
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def schema_version(path: str | Path) -> int:
+    """The schema version of an existing log file, read without changing anything. Raises StoreError."""
+    p = Path(path)
+    if not p.is_file():
+        raise StoreError(f"no event log at {p}; run sync first")
+    try:
+        conn = _reading(p)
+        try:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read {p}: {exc}") from exc
+
+
+def backup_file(database: str | Path, target: str | Path) -> None:
+    """A consistent copy of the log at `database`, even while another process appends (online backup API).
+
+    Refuses a missing source and an existing target. Blocking: run it on a worker thread.
+    """
+    source_path, target_path = Path(database), Path(target)
+    if not source_path.is_file():
+        raise StoreError(f"no event log at {source_path}; run sync first")
+    if target_path.exists():
+        raise StoreError(f"{target_path} exists already; choose a new file name")
+    try:
+        source = _reading(source_path)
+        try:
+            _backup(source, target_path)
+        finally:
+            source.close()
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"backup of {source_path} to {target_path} failed: {exc}") from exc
+
+
+# What operator SQL may do: read tables, call functions, recurse, and read (not set) a few pragmas.
+_READ_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+_READ_PRAGMAS = {"user_version", "schema_version", "page_count", "page_size", "freelist_count", "journal_mode"}
+_ARG_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "table_list"}
+
+
+def _read_only(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
+    if action in _READ_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 in _ARG_PRAGMAS or (arg1 in _READ_PRAGMAS and arg2 is None)):
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def untrusted_query(path: str | Path, sql: str, *, timeout: float) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run operator SQL against the log: only reading is allowed (no ATTACH, VACUUM, writes or pragma changes),
+    and the query is stopped after `timeout` seconds. Returns (column names, rows). Blocking: use a worker thread.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise StoreError(f"no event log at {p}; run sync first")
+    deadline = time.monotonic() + timeout
+    try:
+        conn = _reading(p)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {p}: {exc}") from exc
+    try:
+        conn.set_authorizer(_read_only)
+        conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
+        cursor = conn.execute(sql)
+        rows = [tuple(r) for r in cursor.fetchall()]
+        names = [d[0] for d in cursor.description or ()]
+        return names, rows
+    except sqlite3.OperationalError as exc:
+        if str(exc) == "interrupted":
+            raise StoreError(f"query stopped after {timeout:g} s (--timeout)") from exc
+        raise StoreError(f"query refused: {exc}") from exc
+    except (sqlite3.Error, sqlite3.Warning) as exc:
+        raise StoreError(f"query refused: {exc}") from exc
+    finally:
+        conn.close()
 
 
 def _split(script: str) -> list[str]:
@@ -205,17 +335,21 @@ class SqliteEventLog:
         self._write_lock = anyio.Lock()
 
     @classmethod
-    async def open(cls, path: str | Path, *, clock: Clock = utc_now) -> SqliteEventLog:
-        """Open (creating and migrating as needed). Raises SchemaVersionError for a newer file, StoreError else."""
+    async def open(cls, path: str | Path, *, clock: Clock = utc_now, mode: OpenMode = "create") -> SqliteEventLog:
+        """Open the log; `mode` says whether a missing file may be created and an older one upgraded (see the
+        module notes). Raises SchemaVersionError for a schema this mode can't use, StoreError else."""
         p = Path(path)
+        if mode != "create" and not await anyio.Path(p).is_file():
+            raise StoreError(f"no event log at {p}; run sync first")
         writer: aiosqlite.Connection | None = None
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
+            if mode == "create":
+                p.parent.mkdir(parents=True, exist_ok=True)
             writer = await aiosqlite.connect(p, isolation_level=None, timeout=30)
             await writer.execute("PRAGMA journal_mode = WAL")
             await writer.execute("PRAGMA synchronous = NORMAL")
             await writer.execute("PRAGMA busy_timeout = 30000")
-            await _on_thread(writer, _migrate, str(p))
+            await _on_thread(writer, _migrate, str(p), mode)
             reader = await aiosqlite.connect(p, isolation_level=None, timeout=30)
             await reader.execute("PRAGMA busy_timeout = 30000")
             await reader.execute("PRAGMA query_only = ON")

@@ -468,7 +468,7 @@ async def _project_batch(
         if isinstance(stored.event, StockObserved) and warehouse_has_held(stored.event.inventory):
             state.stock_held.add(stored.event.article_number)
         for warning in done.warnings if not isinstance(done, Skipped) else ():
-            log.warning("%s %s: %s", name, stored.entity, warning)
+            log.info("%s %s: %s", name, stored.entity, warning, extra={"tenant": name, "entity": stored.entity})
         if isinstance(done, Failed):
             result.failed += 1
             log.warning("%s %s: cannot map %s: %s", name, stored.entity, done.failure.field, done.failure.reason)
