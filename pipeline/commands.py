@@ -57,7 +57,12 @@ async def run_forever(
     from pipeline.web import Status, serve
 
     stop = stop or anyio.Event()
-    status = Status(settings.interval_seconds, lambda: datetime.now(UTC))
+    status = Status(
+        settings.interval_seconds,
+        lambda: datetime.now(UTC),
+        tenants=[t.name for t in settings.tenants],
+        requests_per_second=settings.poweroffice.requests_per_second,
+    )
 
     async def watch() -> None:
         with anyio.open_signal_receiver(*signals) as received:
@@ -71,21 +76,26 @@ async def run_forever(
         serve(status, settings.status_host, settings.status_port) as url,
         anyio.create_task_group() as tg,
     ):
-        console.print(f"status: {url}/  health: {url}/healthz  metrics: {url}/metrics")
+        console.print(f"status: {url}/  health: {url}/livez {url}/readyz  metrics: {url}/metrics")
+        await status.attach(runtime.log, runtime.poweroffice.limiter)
         if started:
             started(url)
         if signals:
             tg.start_soon(watch)
         while not stop.is_set():
+            status.cycle_started(datetime.now(UTC))
             try:
                 report = await _cycle(console, runtime, f"cycle {datetime.now(UTC):%H:%M:%S}")
+                head = await runtime.log.max_position()
             except PipelineError as exc:  # e.g. the disk is full: say so, stay up, try again next interval
                 console.print(f"cycle failed: {exc}", markup=False, highlight=False)
                 log.error("cycle failed: %s", exc)
+                status.cycle_failed(str(exc), datetime.now(UTC))
             else:
-                status.record(report, datetime.now(UTC))
+                status.record(report, datetime.now(UTC), head)
                 if cycled:
                     cycled(report)
+            status.next_cycle(datetime.now(UTC) + timedelta(seconds=settings.interval_seconds))
             with anyio.move_on_after(settings.interval_seconds):
                 await stop.wait()
         tg.cancel_scope.cancel()

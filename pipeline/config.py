@@ -445,4 +445,6 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
         ongoing=settings.ongoing,
         tenants=settings.tenants,
         source=file.resolve(),
+        status_host=settings.status_host,
+        status_port=settings.status_port,
     )

@@ -54,6 +54,7 @@ class TenantReport:
     waiting: int = 0
     errors: list[str] = field(default_factory=list)
     setup_error: bool = False
+    refused: bool = False  # the setup error was refused credentials (401/403), not an unreachable system
 
 
 @dataclass
@@ -171,7 +172,7 @@ class Runtime:
             await poll(tenant, now, report)
         except AuthError as exc:
             report.errors.append(f"{phase}: {exc}")
-            report.setup_error = True
+            report.setup_error = report.refused = True
             log.error("%s: %s refused the credentials: %s", tenant.name, phase, exc)
         except ApiError as exc:
             report.errors.append(f"{phase}: {exc}")

@@ -1,111 +1,301 @@
-"""The service's HTTP face while `pipeline run` is up: `/healthz`, `/metrics` (Prometheus text) and `/` (status).
+"""The service's HTTP face while `pipeline run` is up.
 
-- `/healthz`: 200 while the last cycle finished within twice the interval (plus a grace minute) and its setup
-  was sound; 503 otherwise, with the reason. Before the first cycle ends it answers 200 "starting".
-- `/metrics`: counters and gauges from `prometheus_client`, on a registry of our own (no process globals).
-- `/`: a small page with the last cycle per tenant.
+- `/livez`: 200 while the loop is alive. 503 when the running cycle (the first one included) has shown no
+  progress (no HTTP answer) for `stall_seconds`, or no cycle has started for that long after one was due.
+- `/readyz`: 200 with one line per tenant and its state; 503 naming the tenants whose credentials are refused or
+  whose systems are unreachable. A tenant whose first cycle has not ended is `starting`, which is ready.
+- `/healthz`: the same as `/readyz` (kept for existing probes).
+- `/metrics`: Prometheus text (`pipeline.metrics`).
+- `/`: the status page (`pipeline.statuspage`), refreshing itself; `/entity/<tenant>/<entity>`: one entity's
+  history from the log, as a page.
+
+`Status` is what the service knows about itself. The runtime's reports come in through its adapter methods
+(`attach`, `cycle_started`, `record`, `cycle_failed`, `next_cycle`) and nowhere else: point those at whatever the
+loop reports and the rest follows.
 """
 
 from __future__ import annotations
 
-import html
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from pipeline.runtime import CycleReport
+from pipeline import audit, statuspage
+from pipeline.eventlog.sqlite import SqliteEventLog
+from pipeline.metrics import LimiterView, Metrics
+from pipeline.runtime import CycleReport, TenantReport
 from pipeline.serving import serve_app
+
+# How long the log-derived part of the page (quarantined, pending, head) is reused before it is read again.
+LOG_VIEW_TTL = timedelta(seconds=5)
 
 
 @dataclass
-class Metrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+class TenantStatus:
+    """A tenant as the last cycles left it."""
+
+    name: str
+    last: TenantReport | None = None
+    last_at: datetime | None = None  # end of the last cycle that reported this tenant
+    last_ok: datetime | None = None  # end of the last cycle in which it polled without an error
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+    @property
+    def state(self) -> str:
+        """starting · refused · unreachable · ok (the page refines ok into waiting / quarantined from the log)."""
+        r = self.last
+        if r is None:
+            return "starting"
+        if r.refused:
+            return "refused"
+        if r.setup_error or r.errors:
+            return "unreachable"
+        return "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class CyclePoint:
+    """One cycle, for the chart: events appended to the log and deliveries made."""
+
+    ended: datetime
+    events: int
+    delivered: int
+    failed: bool = False
+
+
+@dataclass
+class Totals:
+    cycles: int = 0
+    cycles_failed: int = 0
+    observed: int = 0
+    commands: int = 0
+    delivered: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+@dataclass
+class Status:
+    interval_seconds: float
+    clock: Callable[[], datetime]
+    tenants: Sequence[str] = ()
+    stall_seconds: float = 600.0
+    requests_per_second: float = 10.0
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
-        r = self.registry
-        self.cycles = Counter("pipeline_cycles", "Sync cycles finished", ["result"], registry=r)
-        self.duration = Histogram(
-            "pipeline_cycle_seconds", "Duration of a sync cycle", registry=r, buckets=(1, 5, 15, 60, 300, 900, 3600)
-        )
-        self.observed = Counter("pipeline_observed", "Observations appended", ["tenant"], registry=r)
-        self.commands = Counter("pipeline_commands", "Commands appended", ["tenant"], registry=r)
-        self.delivered = Counter("pipeline_delivered", "Commands delivered", ["tenant"], registry=r)
-        self.skipped = Counter("pipeline_skipped", "Commands deliberately not sent", ["tenant"], registry=r)
-        self.failed = Counter("pipeline_failed", "Entities that failed (mapping or delivery)", ["tenant"], registry=r)
-        self.waiting = Gauge("pipeline_waiting", "Commands waiting (quarantine or articles)", ["tenant"], registry=r)
-        self.last_cycle = Gauge("pipeline_last_cycle_timestamp_seconds", "End of the last cycle", registry=r)
-
-
-class Status:
-    """What the service knows about itself; `record` is called after every cycle."""
-
-    def __init__(self, interval_seconds: float, clock: Callable[[], datetime]) -> None:
-        self.interval = timedelta(seconds=interval_seconds)
-        self.clock = clock
-        self.metrics = Metrics()
-        self.last: CycleReport | None = None
+        self.interval = timedelta(seconds=self.interval_seconds)
+        self.stall = timedelta(seconds=self.stall_seconds)
+        self.started = self.clock()
+        self.tenant_status: dict[str, TenantStatus] = {n: TenantStatus(n) for n in self.tenants}
+        self.totals = Totals()
+        self.history: deque[CyclePoint] = deque()
+        self.running_since: datetime | None = None
+        self.last_progress: datetime | None = None
         self.last_end: datetime | None = None
+        self.next_at: datetime | None = None
+        self.last_cycle_error: str | None = None
+        self.log: SqliteEventLog | None = None
+        self.limiter: LimiterView | None = None
+        self._head: int | None = None
+        self._poweroffice_starts: deque[datetime] = deque()
+        self._poweroffice_429s = 0
+        self._log_view: statuspage.LogView | None = None
+        self._log_view_at: datetime | None = None
+        self.metrics.listeners.append(self._heard)
 
-    def record(self, report: CycleReport, ended: datetime) -> None:
-        self.last, self.last_end = report, ended
+    # -------------------------------------------------------------------------------- adapter: the loop tells
+
+    async def attach(self, log: SqliteEventLog, limiter: LimiterView | None = None) -> None:
+        """The log (for the page's queries and the head) and the PowerOffice key's limiter."""
+        self.log = log
+        self.limiter = limiter
+        self.metrics.limiter.limiter = limiter
+        self._set_head(await log.max_position())
+
+    def cycle_started(self, at: datetime) -> None:
+        self.running_since = self.last_progress = at
+
+    def record(self, report: CycleReport, ended: datetime, head: int | None = None) -> None:
+        """A cycle ended with `report`; `head` is the log's newest position after it."""
         m = self.metrics
         m.cycles.labels(["ok", "failures", "setup"][report.exit_code]).inc()
-        m.duration.observe((ended - report.started).total_seconds())
+        m.cycle_seconds.observe(max(0.0, (ended - report.started).total_seconds()))
         m.last_cycle.set(ended.timestamp())
-        for t in report.tenants.values():
-            m.observed.labels(t.name).inc(t.observed)
-            m.commands.labels(t.name).inc(t.commands)
-            m.delivered.labels(t.name).inc(t.delivered)
-            m.skipped.labels(t.name).inc(t.skipped)
-            m.failed.labels(t.name).inc(t.failed)
-            m.waiting.labels(t.name).set(t.waiting)
+        delivered = 0
+        t = self.totals
+        t.cycles += 1
+        for r in report.tenants.values():
+            m.observed.labels(r.name).inc(r.observed)
+            m.commands.labels(r.name).inc(r.commands)
+            m.delivered.labels(r.name).inc(r.delivered)
+            m.skipped.labels(r.name).inc(r.skipped)
+            m.failed.labels(r.name).inc(r.failed)
+            m.waiting.labels(r.name).set(r.waiting)
+            t.observed += r.observed
+            t.commands += r.commands
+            t.delivered += r.delivered
+            t.skipped += r.skipped
+            t.failed += r.failed
+            delivered += r.delivered
+            ts = self.tenant_status.setdefault(r.name, TenantStatus(r.name))
+            ts.last, ts.last_at = r, ended
+            if r.errors or r.setup_error:
+                ts.last_error, ts.last_error_at = r.errors[-1] if r.errors else "setup failed", ended
+            else:
+                ts.last_ok = ended
+        events = 0
+        if head is not None:
+            events = head - (self._head or 0)
+            self._set_head(head)
+        self._point(CyclePoint(ended, max(0, events), delivered))
+        self.last_end, self.running_since, self.last_cycle_error = ended, None, None
 
-    def health(self) -> tuple[bool, str]:
-        if self.last is None or self.last_end is None:
+    def cycle_failed(self, error: str, ended: datetime) -> None:
+        """The cycle itself failed (the log could not be written, say): counted, shown, and the loop goes on."""
+        self.metrics.cycles.labels("error").inc()
+        if self.running_since is not None:
+            self.metrics.cycle_seconds.observe(max(0.0, (ended - self.running_since).total_seconds()))
+        self.totals.cycles_failed += 1
+        self._point(CyclePoint(ended, 0, 0, failed=True))
+        self.last_end, self.running_since, self.last_cycle_error = ended, None, error
+
+    def next_cycle(self, at: datetime) -> None:
+        self.next_at = at
+
+    def _point(self, point: CyclePoint) -> None:
+        self.history.append(point)
+        while self.history and self.history[0].ended < point.ended - timedelta(days=1):
+            self.history.popleft()
+
+    def _set_head(self, head: int) -> None:
+        self._head = head
+        self.metrics.log_head.set(head)
+
+    def _heard(self, system: str, status: int | None, seconds: float) -> None:
+        """Every HTTP answer (or failure to get one) is progress; PowerOffice's are counted against its limit."""
+        now = self.clock()
+        self.last_progress = now
+        if system == "poweroffice":
+            self._poweroffice_429s += status == 429
+            starts = self._poweroffice_starts
+            starts.append(now - timedelta(seconds=seconds))
+            while starts and starts[0] < now - timedelta(minutes=1):
+                starts.popleft()
+
+    # ---------------------------------------------------------------------------------------------- health
+
+    def livez(self) -> tuple[bool, str]:
+        now = self.clock()
+        if self.running_since is not None:
+            quiet = now - (self.last_progress or self.running_since)
+            if quiet > self.stall:
+                which = "the first cycle" if self.last_end is None else "the running cycle"
+                since = self.running_since.strftime("%H:%M:%S")
+                return False, f"{which} (started {since}) has shown no progress for {int(quiet.total_seconds())} s"
+            return True, "ok: a cycle is running"
+        if self.last_end is None:
+            quiet = now - self.started
+            if quiet > self.stall:
+                return False, f"no cycle has started in {int(quiet.total_seconds())} s"
             return True, "starting"
-        late = self.clock() - self.last_end
-        if late > 2 * self.interval + timedelta(minutes=1):
-            return False, f"no cycle finished for {int(late.total_seconds())} s"
-        if self.last.exit_code == 2:
-            bad = [t.name for t in self.last.tenants.values() if t.setup_error]
-            return False, f"tenants unreachable or refused: {', '.join(bad)}"
+        due = self.next_at or self.last_end + self.interval
+        if now - due > self.stall:
+            return False, f"no cycle has started since {due:%H:%M:%S} (due {int((now - due).total_seconds())} s ago)"
         return True, "ok"
+
+    def readyz(self) -> tuple[bool, str]:
+        states = [(t.name, t.state, t.last_error) for t in self.tenant_status.values()]
+        bad = [name for name, state, _ in states if state in ("refused", "unreachable")]
+        lines = [
+            f"{name}: {state}" + (f" ({err})" if state in ("refused", "unreachable") and err else "")
+            for name, state, err in states
+        ]
+        if bad:
+            return False, "not ready: " + ", ".join(bad) + "\n" + "\n".join(lines)
+        if all(state == "starting" for _, state, _ in states):
+            return True, "starting\n" + "\n".join(lines)
+        return True, "ready\n" + "\n".join(lines)
+
+    # ---------------------------------------------------------------------------------------------- the page
+
+    def poweroffice_use(self, now: datetime) -> statuspage.RateUse:
+        from pipeline.clients.ratelimit import max_in_window
+
+        recent = [t for t in self._poweroffice_starts if t >= now - timedelta(minutes=1)]
+        last10 = sum(1 for t in recent if t >= now - timedelta(seconds=10))
+        base = now.timestamp()
+        peak = max_in_window([t.timestamp() - base for t in recent]) if recent else 0
+        return statuspage.RateUse(
+            limit=self.requests_per_second,
+            last_10s=last10 / 10.0,
+            peak_second=peak,
+            queued=self.limiter.waiting if self.limiter is not None else 0,
+            rate_limited=self._poweroffice_429s,
+        )
+
+    async def log_view(self) -> statuspage.LogView:
+        """Quarantined and pending entities and the head, read from the log at most every LOG_VIEW_TTL."""
+        now = self.clock()
+        if self.log is None:
+            return statuspage.LogView(head=0, held=(), pending=())
+        if self._log_view is None or self._log_view_at is None or now - self._log_view_at >= LOG_VIEW_TTL:
+            self._log_view = await statuspage.read_log_view(self.log)
+            self._log_view_at = now
+            self._set_head(self._log_view.head)
+            counts: dict[str, int] = {name: 0 for name in self.tenant_status}
+            for h in self._log_view.held:
+                counts[h.tenant] = counts.get(h.tenant, 0) + 1
+            for name, n in counts.items():
+                self.metrics.quarantined.labels(name).set(n)
+        return self._log_view
+
+    async def page(self) -> statuspage.PageView:
+        view = await self.log_view()
+        return statuspage.build_view(self, view, self.clock())
 
 
 def create_app(status: Status) -> web.Application:
-    async def healthz(_: web.Request) -> web.Response:
-        ok, reason = status.health()
+    async def livez(_: web.Request) -> web.Response:
+        ok, reason = status.livez()
+        return web.Response(status=200 if ok else 503, text=reason + "\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok, reason = status.readyz()
         return web.Response(status=200 if ok else 503, text=reason + "\n")
 
     async def metrics(_: web.Request) -> web.Response:
+        await status.log_view()  # brings the head and the quarantine gauges up to date
         body = generate_latest(status.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def index(_: web.Request) -> web.Response:
-        ok, reason = status.health()
-        rows = ""
-        if status.last is not None:
-            for t in status.last.tenants.values():
-                cells = (t.name, t.observed, t.commands, t.delivered, t.skipped, t.failed, t.waiting)
-                rows += "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
-        ended = status.last_end.isoformat() if status.last_end else "not yet"
-        page = (
-            "<!doctype html><title>pipeline</title><h1>pipeline</h1>"
-            f"<p>health: {html.escape(reason)} · last cycle ended: {html.escape(ended)}</p>"
-            "<table border=1><tr><th>tenant<th>observed<th>commands<th>delivered<th>skipped<th>failed<th>waiting"
-            f"{rows}</table>"
-        )
-        return web.Response(text=page, content_type="text/html", status=200 if ok else 503)
+        page = statuspage.render_page(await status.page())
+        return web.Response(text=page, content_type="text/html", charset="utf-8")
+
+    async def entity(request: web.Request) -> web.Response:
+        tenant, name = request.match_info["tenant"], request.match_info["entity"]
+        if tenant not in status.tenant_status or status.log is None:
+            raise web.HTTPNotFound(text=f"no tenant named {tenant!r}\n")
+        rows = await audit.history(status.log, tenant, name)
+        rows = await statuspage.with_causes(status.log, rows)
+        page = statuspage.render_entity(tenant, name, rows, status.clock())
+        return web.Response(text=page, content_type="text/html", charset="utf-8", status=200 if rows else 404)
 
     app = web.Application()
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
+    app.router.add_get("/entity/{tenant}/{entity:.+}", entity)
     return app
 
 
@@ -114,3 +304,6 @@ async def serve(status: Status, host: str, port: int) -> AsyncIterator[str]:
     """Serve the status app; yields its base URL."""
     async with serve_app(create_app(status), host, port) as origin:
         yield origin
+
+
+__all__ = ["CyclePoint", "Status", "TenantStatus", "Totals", "create_app", "serve"]

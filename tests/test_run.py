@@ -44,7 +44,7 @@ async def test_run_serves_health_and_metrics_and_stops_cleanly(tmp_path: Path) -
             await cycled.wait()
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"{urls[0]}/healthz") as resp:
-                    assert (resp.status, (await resp.text()).strip()) == (200, "ok")
+                    assert (resp.status, (await resp.text()).splitlines()[0]) == (200, "ready")
                 async with session.get(f"{urls[0]}/metrics") as resp:
                     text = await resp.text()
                     assert 'pipeline_cycles_total{result="ok"} 1.0' in text
@@ -56,18 +56,19 @@ async def test_run_serves_health_and_metrics_and_stops_cleanly(tmp_path: Path) -
 
 
 def test_health_turns_red_when_cycles_stop_or_setup_fails() -> None:
-    """Health is 503 when no cycle ended for over twice the interval, or the last one could not reach a tenant."""
+    """Liveness is red when no cycle started long after one was due; readiness when a tenant can't be reached."""
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     clock = [now]
-    status = Status(60, lambda: clock[0])
-    assert status.health() == (True, "starting")
+    status = Status(60, lambda: clock[0], tenants=["a"], stall_seconds=120)
+    assert status.livez() == (True, "starting")
     report = CycleReport(now, {"a": TenantReport("a")})
     status.record(report, now)
-    assert status.health() == (True, "ok")
+    assert status.livez() == (True, "ok")
+    assert status.readyz() == (True, "ready\na: ok")
     clock[0] = now + timedelta(minutes=4)
-    ok, reason = status.health()
+    ok, reason = status.livez()
     assert not ok
-    assert "no cycle finished" in reason
-    bad = CycleReport(now, {"a": TenantReport("a", setup_error=True)})
+    assert "no cycle has started" in reason
+    bad = CycleReport(now, {"a": TenantReport("a", errors=["Ongoing: connection failed"], setup_error=True)})
     status.record(bad, clock[0])
-    assert status.health() == (False, "tenants unreachable or refused: a")
+    assert status.readyz() == (False, "not ready: a\na: unreachable (Ongoing: connection failed)")

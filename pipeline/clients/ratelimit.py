@@ -72,6 +72,7 @@ class RateLimiter:
         self._turns: deque[str] = deque()  # tenants with waiters, in round-robin order
         self._leader: _Waiter | None = None
         self.granted = 0
+        self.waited = 0.0  # seconds all granted acquire() calls spent waiting (read by pipeline.metrics)
 
     def __repr__(self) -> str:
         return f"RateLimiter({self.requests_per_second:g} rps, waiting={self.waiting}, tenants={len(self._turns)})"
@@ -91,6 +92,7 @@ class RateLimiter:
         Cancellation while waiting gives the place up cleanly (and passes the dispatcher role on).
         """
         waiter = _Waiter(tenant)
+        arrived = self._clock()
         queue = self._queues.get(tenant)
         if queue is None:
             queue = self._queues[tenant] = deque()
@@ -105,6 +107,7 @@ class RateLimiter:
                 else:
                     waiter.wake = anyio.Event()
                     await waiter.wake.wait()
+            self.waited += self._clock() - arrived
         except BaseException:
             if not waiter.granted:
                 self._discard(waiter)
