@@ -26,6 +26,8 @@ from pipeline.runtime import CycleReport, Runtime
 
 log = logging.getLogger(__name__)
 
+ACTIVITY_INTERVAL = 10.0  # interval_seconds in the config `fakes --activity --write-config` writes
+
 
 async def _cycle(console: Console, runtime: Runtime, title: str) -> CycleReport:
     if console.is_terminal:
@@ -160,8 +162,16 @@ async def redrive(console: Console, settings: Settings, tenant: str, entity: str
 
 
 async def serve_fakes(
-    console: Console, host: str, po_port: int, wms_port: int, tenants: int, write_config: str | None
+    console: Console,
+    host: str,
+    po_port: int,
+    wms_port: int,
+    tenants: int,
+    write_config: str | None,
+    activity_every: float | None = None,
+    seed: int = 2026,
 ) -> int:
+    """Serve both fakes until SIGINT/SIGTERM; with `activity_every`, change the world every that many seconds."""
     from pipeline.fakes.world import fake_world
 
     async with fake_world(tenants, host=host, poweroffice_port=po_port, ongoing_port=wms_port) as world:
@@ -172,13 +182,30 @@ async def serve_fakes(
         for t in world.tenants:
             console.print(f"  tenant {t.name}: client key {t.client_key}, goods owner {t.goods_owner_id}")
         if write_config:
-            _write(Path(write_config), world.config_toml("pipeline.db"))
+            # With activity, cycles follow the changes closely: a moving world shows in `run` within a minute.
+            interval = ACTIVITY_INTERVAL if activity_every is not None else None
+            _write(Path(write_config), world.config_toml("pipeline.db", interval_seconds=interval))
             console.print(f"config written to {write_config}: pipeline --config {write_config} sync")
         console.print("serving until Ctrl-C")
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-            async for _ in received:
-                break
+        async with anyio.create_task_group() as tg:
+            if activity_every is not None:
+                tg.start_soon(_move_world, console, world, activity_every, seed)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                async for _ in received:
+                    break
+            tg.cancel_scope.cancel()
     return 0
+
+
+async def _move_world(console: Console, world: Any, every: float, seed: int) -> None:
+    from pipeline.fakes.activity import Activity
+
+    activity = Activity(world, datetime.now(UTC), seed=seed, every=timedelta(seconds=every))
+    console.print(f"activity: a change every {every:g} s (seed {seed})")
+    while True:
+        for c in activity.tick(datetime.now(UTC)):
+            console.print(f"  {c.at:%H:%M:%S} {c.tenant}: {c.words}", markup=False, highlight=False)
+        await anyio.sleep(min(1.0, every))
 
 
 async def demo(console: Console, directory: str) -> int:

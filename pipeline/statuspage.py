@@ -47,6 +47,7 @@ class Held:
     reason: str
     since: str
     position: int
+    subject: str = ""  # what the entity is, in words (the failed command or the observation that can't be mapped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +121,15 @@ async def read_log_view(log: SqliteEventLog) -> LogView:
         p = row.payload
         if row.type == CommandFailed.TYPE and p.get("permanent"):
             status = f" (status {p['status']})" if p.get("status") is not None else ""
-            held.append(Held(row.tenant, row.entity, f"{p['message']}{status}", row.recorded_at, row.position))
+            subject = await _subject(log, p.get("command"), len(held))
+            held.append(Held(row.tenant, row.entity, f"{p['message']}{status}", row.recorded_at, row.position, subject))
         elif row.type == CommandFailed.TYPE:
             reason = f"failed after {p['attempts']} attempt(s), sent again next cycle: {p['message']}"
             pending.append(Pending(row.tenant, row.entity, reason, row.recorded_at))
         elif row.type == MappingFailed.TYPE:
             reason = f"cannot be mapped: {p['field']}: {p['reason']}"
-            held.append(Held(row.tenant, row.entity, reason, row.recorded_at, row.position))
+            subject = await _subject(log, p.get("source"), len(held))
+            held.append(Held(row.tenant, row.entity, reason, row.recorded_at, row.position, subject))
     taken = {(h.tenant, h.entity) for h in held} | {(q.tenant, q.entity) for q in pending}
     unanswered = await _unanswered(log)
     open_articles = taken | {(t, e) for t, e, *_ in unanswered}
@@ -140,6 +143,14 @@ async def read_log_view(log: SqliteEventLog) -> LogView:
                 reason = "waits for its article(s) " + ", ".join(waits[:5]) + (" …" if len(waits) > 5 else "")
         pending.append(Pending(tenant, entity, reason, recorded_at))
     return LogView(head=await log.max_position(), held=held, pending=pending)
+
+
+async def _subject(log: EventLog, position: object, shown: int) -> str:
+    """The event at `position` in words (looked up only for the entities the page lists)."""
+    if not isinstance(position, int) or shown >= LIST_LIMIT:
+        return ""
+    event = await log.get(position)
+    return audit.summarize(event) if event is not None else ""
 
 
 async def _unanswered(log: SqliteEventLog) -> list[tuple[str, str, str, str, dict[str, Any]]]:
@@ -300,6 +311,13 @@ def render_page(view: PageView) -> str:
     return "".join(parts)
 
 
+def _parse(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
 def _summary(view: PageView) -> str:
     bad = [t for t in view.tenants if t.state not in ("ok", "starting")]
     return "all ok" if not bad else ", ".join(f"{t.name} {t.state}" for t in bad)
@@ -330,12 +348,13 @@ def _held(view: PageView) -> str:
     out = [
         f"<h2>Quarantined ({len(view.held)})</h2><p class=muted>held until fixed at the source or re-driven"
         " (<code>pipeline redrive TENANT ENTITY</code>)</p>"
-        "<table><tr><th>tenant<th>entity<th>reason<th>since</tr>"
+        "<table><tr><th>tenant<th>entity<th>what<th>reason<th>since</tr>"
     ]
     for h in view.held[:LIST_LIMIT]:
         out.append(
             f"<tr><td>{e(h.tenant)}</td><td><a href='{e(entity_href(h.tenant, h.entity))}'>{e(h.entity)}</a></td>"
-            f"<td>{e(h.reason)}</td><td class=muted>{e(h.since[:19])}</td></tr>"
+            f"<td class=muted>{e(h.subject)}</td><td>{e(h.reason)}</td>"
+            f"<td class=muted>{e(when(_parse(h.since), view.now))}</td></tr>"
         )
     out.append("</table>")
     if len(view.held) > LIST_LIMIT:
@@ -350,7 +369,7 @@ def _pending(view: PageView) -> str:
     for q in view.pending[:LIST_LIMIT]:
         out.append(
             f"<tr><td>{e(q.tenant)}</td><td><a href='{e(entity_href(q.tenant, q.entity))}'>{e(q.entity)}</a></td>"
-            f"<td>{e(q.reason)}</td><td class=muted>{e(q.since[:19])}</td></tr>"
+            f"<td>{e(q.reason)}</td><td class=muted>{e(when(_parse(q.since), view.now))}</td></tr>"
         )
     out.append("</table>")
     if len(view.pending) > LIST_LIMIT:

@@ -233,6 +233,7 @@ async def test_page_shows_a_quarantined_entity_with_its_reason_escaped_and_a_lin
     [held] = view.held
     assert (held.tenant, held.entity) == (t.name, entity)
     assert held.reason == "cannot be mapped: UnitPrice: expected a number, got '<b>12,50</b> kr'"
+    assert held.subject.startswith("product 'BAD-1' 'Broken'")
     assert code == 200
     assert '<meta http-equiv="refresh"' in html_text
     assert "<script" not in html_text
