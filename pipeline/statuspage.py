@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -253,14 +254,15 @@ def entity_href(tenant: str, entity: str) -> str:
 
 
 def when(at: datetime | None, now: datetime) -> str:
-    """`22:05:03 UTC (12 s ago)`, or `never`."""
+    """`22:05:03 (12 s ago)` (UTC; the date too when it is not today's), or `never`."""
     if at is None:
         return "never"
     delta = (at - now).total_seconds()
     ago = abs(delta)
     span = f"{ago:.0f} s" if ago < 120 else f"{ago / 60:.0f} min" if ago < 7200 else f"{ago / 3600:.1f} h"
     rel = f"in {span}" if delta > 0 else f"{span} ago"
-    return f"{at:%Y-%m-%d %H:%M:%S} UTC ({rel})"
+    shown = f"{at:%H:%M:%S}" if at.date() == now.date() else f"{at:%Y-%m-%d %H:%M:%S}"
+    return f"{shown} ({rel})"
 
 
 _CSS = """
@@ -287,7 +289,8 @@ def render_page(view: PageView) -> str:
         "<meta name=viewport content='width=device-width'>",
         f"<title>pipeline: {e(_summary(view))}</title><style>{_CSS}</style></head><body>",
         "<h1>pipeline</h1>",
-        f"<p class=muted>{e(now.strftime('%Y-%m-%d %H:%M:%S'))} UTC · up since {e(when(view.started, now))}"
+        f"<p class=muted>{e(now.strftime('%Y-%m-%d %H:%M:%S'))} UTC (all times UTC) · up since"
+        f" {e(when(view.started, now))}"
         f" · log head #{view.head} · refreshes every {REFRESH_SECONDS} s</p>",
     ]
     loop = "a cycle is running since " + when(view.running_since, now) if view.running_since else view.live
@@ -388,11 +391,14 @@ def _rate(rate: RateUse) -> str:
     )
 
 
-CHART_W, CHART_H, MAX_BARS = 720, 140, 96
+CHART_W, CHART_H, MAX_BARS, MIN_SLOTS = 720, 140, 96, 24
 
 
 def chart_svg(points: Sequence[CyclePoint], now: datetime) -> str:
-    """Bars per cycle (merged in groups when there are more than MAX_BARS): events appended and deliveries."""
+    """Bars per cycle (merged in groups when there are more than MAX_BARS): events appended and deliveries.
+
+    Heights are on a square-root scale: a first cycle's backfill of thousands would otherwise flatten every
+    later cycle into the axis. Each bar's exact figures are in its tooltip (SVG `<title>`, no script)."""
     if not points:
         return "<p class=muted>no cycle has finished yet</p>"
     group = -(-len(points) // MAX_BARS)
@@ -410,8 +416,12 @@ def chart_svg(points: Sequence[CyclePoint], now: datetime) -> str:
         )
     top = max(1, max(max(b[2], b[3]) for b in bars))
     plot_h = CHART_H - 24
-    slot = (CHART_W - 50) / MAX_BARS
-    width = max(1.0, slot / 2 - 0.5)
+    slot = (CHART_W - 50) / max(MIN_SLOTS, len(bars))
+    width = max(1.0, slot / 2 - 1)
+
+    def height(value: int) -> float:
+        return plot_h * math.sqrt(value / top)
+
     out = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{CHART_W}' height='{CHART_H}' role='img'"
         f" aria-label='events and deliveries per cycle' style='background:#fff;border:1px solid #d8dde3'>",
@@ -421,8 +431,7 @@ def chart_svg(points: Sequence[CyclePoint], now: datetime) -> str:
     ]
     for i, (first, last, events, delivered, failed) in enumerate(bars):
         x = 44 + i * slot
-        he = plot_h * events / top
-        hd = plot_h * delivered / top
+        he, hd = height(events), height(delivered)
         span = f"{first:%H:%M:%S}" if first == last else f"{first:%H:%M}–{last:%H:%M}"
         tip = f"{span}: {events} events, {delivered} deliveries" + (" (a cycle failed)" if failed else "")
         out.append(f"<g><title>{e(tip)}</title>")
@@ -440,7 +449,8 @@ def chart_svg(points: Sequence[CyclePoint], now: datetime) -> str:
         f"<rect x='200' y='{CHART_H - 14}' width='8' height='8' fill='#90a4ae'/>"
         f"<text x='211' y='{CHART_H - 6}' font-size='10'>events appended</text>"
         f"<rect x='310' y='{CHART_H - 14}' width='8' height='8' fill='#2e7d32'/>"
-        f"<text x='321' y='{CHART_H - 6}' font-size='10'>deliveries</text></svg>"
+        f"<text x='321' y='{CHART_H - 6}' font-size='10'>deliveries</text>"
+        f"<text x='400' y='{CHART_H - 6}' font-size='10' fill='#5f6b76'>(square-root scale)</text></svg>"
     )
     return "".join(out)
 
@@ -464,7 +474,7 @@ def render_entity(tenant: str, entity: str, rows: Sequence[audit.Row], now: date
         payload = json.dumps(r.payload, indent=1, ensure_ascii=False, default=str)
         cls = " class=bad" if r.type in ("command.failed", "mapping.failed") else ""
         parts.append(
-            f"<tr><td class=n>{r.position}</td><td class=muted>{e(r.recorded_at[:19])}</td>"
+            f"<tr><td class=n>{r.position}</td><td class=muted>{e(r.recorded_at[:19].replace('T', ' '))}</td>"
             f"<td>{e(r.entity)}</td><td{cls}>{e(r.type)}</td>"
             f"<td>{e(r.summary)}<details><summary class=muted>payload</summary><pre>{e(payload)}</pre></details></td>"
             f"<td class=n>{'' if r.causation is None else f'#{r.causation}'}</td></tr>"

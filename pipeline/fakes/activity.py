@@ -107,8 +107,9 @@ class Activity:
         if not unpaid:
             return None
         invoice = self.rng.choice(unpaid)
+        balance = invoice.get("Balance")
         self.world.poweroffice.pay_invoice(t.client_key, invoice["Id"])
-        return Change(at, t.name, "payment", f"invoice {invoice['InvoiceNo']} paid ({invoice.get('Balance')})")
+        return Change(at, t.name, "payment", f"invoice {invoice['InvoiceNo']} paid ({balance})")
 
     def _stock(self, t: FakeTenant, at: datetime) -> Change | None:
         owner = self.world.ongoing.owner(t.goods_owner_id)
