@@ -2,19 +2,24 @@
 
 `pipeline fakes --activity` starts a moving world whose first change is a malformed product; `pipeline run`
 (status on port 0) syncs it; Chromium renders the page. The test reads what a person would see (the DOM's text),
-and saves a screenshot in its temp dir. Without Chromium it skips, saying how to get it (`.ci/run` installs it).
+and saves a screenshot in its temp dir. Without Chromium that test skips, saying how to get it (`.ci/run` installs
+it); the same service is also checked over plain HTTP and with `audit`, which needs no browser.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,12 +27,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium; .ci/run does it in CI)"
-    ),
-]
+pytestmark = pytest.mark.slow
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium; .ci/run does it in CI)"
+)
 
 
 def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -78,11 +81,18 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
-@pytest.fixture
-def running_service(tmp_path: Path) -> Iterator[str]:
+@dataclass(frozen=True)
+class Service:
+    url: str
+    config: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def running_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """`pipeline fakes --activity` and `pipeline run` against it; yields the status page's URL after one cycle."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    config = tmp_path / "fake.toml"
+    config = tmp_path_factory.mktemp("service") / "fake.toml"
     ports = ["--poweroffice-port", "0", "--ongoing-port", "0"]
     fakes = subprocess.Popen(
         [
@@ -115,18 +125,54 @@ def running_service(tmp_path: Path) -> Iterator[str]:
         url = re.search(r"status: (http://\S+/)", lines[-1])
         assert url, lines
         read_until(service, "└")  # the end of the first cycle's summary table
-        yield url.group(1)
+        yield Service(url.group(1), config, env)
     finally:
         if service is not None:
             stop(service)
         stop(fakes)
 
 
+def fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 @pytest.mark.timeout(180)
-def test_an_operator_sees_tenant_states_and_a_quarantined_reason(running_service: str, tmp_path: Path) -> None:
+def test_run_on_a_moving_world_serves_health_metrics_and_audit_sees_it(running_service: Service) -> None:
+    """The README's try-it flow from the command line: readiness names every goods owner, /metrics counts the
+    requests, and `audit failures` (beside the running service) lists the malformed product with its reason."""
+    code, ready = fetch(running_service.url + "readyz")
+    assert code == 200, ready
+    assert ready.splitlines()[1:] == ["nordlys: ok", "fjellgear: ok"]
+    assert fetch(running_service.url + "livez")[0] == 200
+    code, metrics = fetch(running_service.url + "metrics")
+    assert code == 200
+    assert 'pipeline_http_requests_total{status="200",system="poweroffice"}' in metrics
+    held = re.findall(r'^pipeline_quarantined_entities\{tenant="\w+"\} (\d+)\.0$', metrics, re.M)
+    assert len(held) == 2
+    assert sum(map(int, held)) >= 1  # the activity's first change is a malformed product
+    audit = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--config", str(running_service.config), "audit", "--json", "failures"],
+        capture_output=True,
+        text=True,
+        env=running_service.env,
+        timeout=60,
+        check=False,
+    )
+    assert audit.returncode == 1, audit.stderr
+    rows = json.loads(audit.stdout)
+    assert any(r["type"] == "mapping.failed" and r["payload"]["field"] == "UnitPrice" for r in rows), rows
+
+
+@needs_chromium
+@pytest.mark.timeout(180)
+def test_an_operator_sees_tenant_states_and_a_quarantined_reason(running_service: Service, tmp_path: Path) -> None:
     """Rendered by Chromium: each goods owner with a state, the malformed product quarantined with its reason,
     and a link to its history; a screenshot is saved beside the test's files."""
-    dumped = chromium(tmp_path / "profile", "--dump-dom", running_service)
+    dumped = chromium(tmp_path / "profile", "--dump-dom", running_service.url)
     assert dumped.returncode == 0, dumped.stderr
     text = visible_text(dumped.stdout)
     assert "Goods owners" in text
@@ -137,7 +183,7 @@ def test_an_operator_sees_tenant_states_and_a_quarantined_reason(running_service
     assert re.search(r"href=\"/entity/[a-z]+/product:\d+\"", dumped.stdout)
 
     shot = tmp_path / "status.png"
-    taken = chromium(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,1400", running_service)
+    taken = chromium(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,1400", running_service.url)
     assert taken.returncode == 0, taken.stderr
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 10_000  # a page, not a blank image
