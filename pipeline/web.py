@@ -32,8 +32,10 @@ from pipeline.metrics import LimiterView, Metrics
 from pipeline.runtime import CycleReport, TenantReport
 from pipeline.serving import serve_app
 
-# How long the log-derived part of the page (quarantined, pending, head) is reused before it is read again.
+# How long the log-derived part (quarantined, pending, head) is reused before it is read again: for the page, and
+# for /metrics (scraped every 15-60 s; the quarantine gauges may lag by that much, and the log is spared the reads).
 LOG_VIEW_TTL = timedelta(seconds=5)
+METRICS_LOG_VIEW_TTL = timedelta(seconds=60)
 
 
 @dataclass
@@ -241,12 +243,12 @@ class Status:
             rate_limited=self._poweroffice_429s,
         )
 
-    async def log_view(self) -> statuspage.LogView:
-        """Quarantined and pending entities and the head, read from the log at most every LOG_VIEW_TTL."""
+    async def log_view(self, max_age: timedelta = LOG_VIEW_TTL) -> statuspage.LogView:
+        """Quarantined and pending entities and the head, read from the log when the last read is `max_age` old."""
         now = self.clock()
         if self.log is None:
             return statuspage.LogView(head=0, held=(), pending=())
-        if self._log_view is None or self._log_view_at is None or now - self._log_view_at >= LOG_VIEW_TTL:
+        if self._log_view is None or self._log_view_at is None or now - self._log_view_at >= max_age:
             self._log_view = await statuspage.read_log_view(self.log)
             self._log_view_at = now
             self._set_head(self._log_view.head)
@@ -272,7 +274,9 @@ def create_app(status: Status) -> web.Application:
         return web.Response(status=200 if ok else 503, text=reason + "\n")
 
     async def metrics(_: web.Request) -> web.Response:
-        await status.log_view()  # brings the head and the quarantine gauges up to date
+        await status.log_view(METRICS_LOG_VIEW_TTL)  # the quarantine gauges
+        if status.log is not None:
+            status.metrics.log_head.set(await status.log.max_position())
         body = generate_latest(status.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
