@@ -20,7 +20,14 @@ from urllib.parse import quote
 from pipeline import audit
 from pipeline.eventlog.base import EventLog
 from pipeline.eventlog.sqlite import SqliteEventLog
-from pipeline.events import COMMAND_TYPES, OUTCOME_TYPES, CommandFailed, MappingFailed
+from pipeline.events import (
+    COMMAND_TYPES,
+    OBSERVED_TYPES,
+    OUTCOME_TYPES,
+    CommandFailed,
+    EntityRedriven,
+    MappingFailed,
+)
 
 if TYPE_CHECKING:
     from pipeline.web import CyclePoint, Status
@@ -28,6 +35,7 @@ if TYPE_CHECKING:
 REFRESH_SECONDS = 10
 LIST_LIMIT = 50  # entities shown per list; the rest are counted
 PENDING_LIMIT = 500  # pending commands read per refresh
+SENDER_STAGES = ("sender.ongoing", "sender.poweroffice")  # the senders' checkpoint names
 
 STATE_WORDS = {
     "ok": "syncing normally",
@@ -113,26 +121,31 @@ class PageView:
 # --------------------------------------------------------------------------------------------- from the log
 
 
-async def read_log_view(log: SqliteEventLog) -> LogView:
+async def read_log_view(log: SqliteEventLog, tenants: Sequence[str] = ()) -> LogView:
     """What stands in the log: quarantined entities (newest outcome a permanent `command.failed`, or a standing
-    `mapping.failed`), and entities whose newest command waits for an outcome (or failed transiently)."""
+    `mapping.failed`), and entities whose newest command waits for an outcome (or failed transiently).
+
+    Unanswered commands are looked for above the lowest sender checkpoint of `tenants` (every command below it
+    has an outcome or is held by a quarantine, which the held list shows); without tenants, in the whole log."""
     held: list[Held] = []
     pending: list[Pending] = []
-    for row in await audit.failures(log):
-        p = row.payload
-        if row.type == CommandFailed.TYPE and p.get("permanent"):
+    for position, recorded_at, tenant, entity, type_, p in await standing_failures(log):
+        if type_ == CommandFailed.TYPE and p.get("permanent"):
             status = f" (status {p['status']})" if p.get("status") is not None else ""
             subject = await _subject(log, p.get("command"), len(held))
-            held.append(Held(row.tenant, row.entity, f"{p['message']}{status}", row.recorded_at, row.position, subject))
-        elif row.type == CommandFailed.TYPE:
-            reason = f"failed after {p['attempts']} attempt(s), sent again next cycle: {p['message']}"
-            pending.append(Pending(row.tenant, row.entity, reason, row.recorded_at))
-        elif row.type == MappingFailed.TYPE:
-            reason = f"cannot be mapped: {p['field']}: {p['reason']}"
+            held.append(Held(tenant, entity, f"{p.get('message')}{status}", recorded_at, position, subject))
+        elif type_ == CommandFailed.TYPE:
+            reason = f"failed after {p.get('attempts')} attempt(s), sent again next cycle: {p.get('message')}"
+            pending.append(Pending(tenant, entity, reason, recorded_at))
+        elif type_ == MappingFailed.TYPE:
+            reason = f"cannot be mapped: {p.get('field')}: {p.get('reason')}"
             subject = await _subject(log, p.get("source"), len(held))
-            held.append(Held(row.tenant, row.entity, reason, row.recorded_at, row.position, subject))
+            held.append(Held(tenant, entity, reason, recorded_at, position, subject))
+    for tenant, entity, recorded_at, p in await _released(log):
+        pending.append(Pending(tenant, entity, f"re-driven ({p.get('reason')}): sent again next cycle", recorded_at))
     taken = {(h.tenant, h.entity) for h in held} | {(q.tenant, q.entity) for q in pending}
-    unanswered = await _unanswered(log)
+    floor = min([await log.checkpoint(stage, t) for t in tenants for stage in SENDER_STAGES], default=0)
+    unanswered = await _unanswered(log, floor)
     open_articles = taken | {(t, e) for t, e, *_ in unanswered}
     for tenant, entity, type_, recorded_at, payload in unanswered:
         if (tenant, entity) in taken:
@@ -146,6 +159,40 @@ async def read_log_view(log: SqliteEventLog) -> LogView:
     return LogView(head=await log.max_position(), held=held, pending=pending)
 
 
+async def standing_failures(log: SqliteEventLog) -> list[tuple[int, str, str, str, str, dict[str, Any]]]:
+    """The same answer as `audit.failures`, asked from the failures' side so that it costs index probes per
+    failure instead of a scan of every entity: a `command.failed` with no newer outcome or re-drive of its
+    entity, and the newest `mapping.failed` of an entity when no observation of it came after the failed one."""
+    marks = [*OUTCOME_TYPES, EntityRedriven.TYPE]
+    rows = await log.query(
+        "SELECT f.position, f.recorded_at, f.tenant, f.entity, f.type, f.payload FROM events f"
+        " WHERE f.type = ? AND NOT EXISTS (SELECT 1 FROM events n WHERE n.tenant = f.tenant AND n.entity = f.entity"
+        f" AND n.position > f.position AND n.type IN ({', '.join('?' * len(marks))}))"
+        " UNION ALL "
+        "SELECT m.position, m.recorded_at, m.tenant, m.entity, m.type, m.payload FROM events m"
+        " WHERE m.type = ? AND NOT EXISTS (SELECT 1 FROM events n WHERE n.tenant = m.tenant AND n.entity = m.entity"
+        " AND n.position > m.position AND n.type = ?)"
+        " AND NOT EXISTS (SELECT 1 FROM events o WHERE o.tenant = m.tenant AND o.entity = m.entity"
+        f" AND o.position > json_extract(m.payload, '$.source') AND o.type IN ({', '.join('?' * len(OBSERVED_TYPES))}))"
+        " AND EXISTS (SELECT 1 FROM events o WHERE o.position = json_extract(m.payload, '$.source'))"
+        " ORDER BY 1",
+        [CommandFailed.TYPE, *marks, MappingFailed.TYPE, MappingFailed.TYPE, *OBSERVED_TYPES],
+    )
+    return [(int(pos), str(at), str(t), str(e), str(ty), json.loads(p)) for pos, at, t, e, ty, p in rows]
+
+
+async def _released(log: SqliteEventLog) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """Entities an operator re-drove whose newest command has not been answered since."""
+    rows = await log.query(
+        "SELECT r.tenant, r.entity, r.recorded_at, r.payload FROM events r WHERE r.type = ?"
+        " AND NOT EXISTS (SELECT 1 FROM events n WHERE n.tenant = r.tenant AND n.entity = r.entity"
+        f" AND n.position > r.position AND n.type IN (?, {', '.join('?' * len(OUTCOME_TYPES))}))"
+        " ORDER BY r.position",
+        [EntityRedriven.TYPE, EntityRedriven.TYPE, *OUTCOME_TYPES],
+    )
+    return [(str(t), str(e), str(at), json.loads(p)) for t, e, at, p in rows]
+
+
 async def _subject(log: EventLog, position: object, shown: int) -> str:
     """The event at `position` in words (looked up only for the entities the page lists)."""
     if not isinstance(position, int) or shown >= LIST_LIMIT:
@@ -154,16 +201,18 @@ async def _subject(log: EventLog, position: object, shown: int) -> str:
     return audit.summarize(event) if event is not None else ""
 
 
-async def _unanswered(log: SqliteEventLog) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-    """Each entity's newest command when nothing answered it (its outcomes point at it by `causation`)."""
+async def _unanswered(log: SqliteEventLog, floor: int) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+    """Each entity's newest command above `floor` when nothing answered it (outcomes point at it by `causation`)."""
     cmd = ", ".join("?" * len(COMMAND_TYPES))
     out = ", ".join("?" * len(OUTCOME_TYPES))
     rows = await log.query(
         f"SELECT c.tenant, c.entity, c.type, c.recorded_at, c.payload FROM events c"
-        f" WHERE c.position IN (SELECT max(position) FROM events WHERE type IN ({cmd}) GROUP BY tenant, entity)"
+        f" WHERE c.position > ? AND c.type IN ({cmd})"
         f" AND NOT EXISTS (SELECT 1 FROM events o WHERE o.causation = c.position AND o.type IN ({out}))"
+        f" AND NOT EXISTS (SELECT 1 FROM events n WHERE n.tenant = c.tenant AND n.entity = c.entity"
+        f" AND n.position > c.position AND n.type IN ({cmd}))"
         f" ORDER BY c.position LIMIT {PENDING_LIMIT}",
-        [*COMMAND_TYPES, *OUTCOME_TYPES],
+        [floor, *COMMAND_TYPES, *OUTCOME_TYPES, *COMMAND_TYPES],
     )
     return [(str(t), str(e), str(ty), str(at), json.loads(p)) for t, e, ty, at, p in rows]
 

@@ -249,7 +249,7 @@ class Status:
         if self.log is None:
             return statuspage.LogView(head=0, held=(), pending=())
         if self._log_view is None or self._log_view_at is None or now - self._log_view_at >= max_age:
-            self._log_view = await statuspage.read_log_view(self.log)
+            self._log_view = await statuspage.read_log_view(self.log, list(self.tenant_status))
             self._log_view_at = now
             self._set_head(self._log_view.head)
             counts: dict[str, int] = {name: 0 for name in self.tenant_status}

@@ -319,3 +319,53 @@ def test_chart_merges_cycles_beyond_its_width() -> None:
     assert svg.count("<title>") == MAX_BARS
     assert ": 6 events, 3 deliveries" in svg
     assert chart_svg([], T0) == "<p class=muted>no cycle has finished yet</p>"
+
+
+@pytest.mark.anyio
+async def test_the_page_finds_the_same_failures_as_audit(tmp_path: Path) -> None:
+    """The page's own failure query answers as `audit failures` does: a permanent failure stands until a re-drive
+    or a newer outcome, a transient one too (as pending), a mapping failure until the record is observed again."""
+    from pipeline import audit
+    from pipeline.eventlog.base import NewEvent
+    from pipeline.eventlog.sqlite import SqliteEventLog
+    from pipeline.events import (
+        ArticleUpsertRequested,
+        CommandFailed,
+        CommandSucceeded,
+        EntityRedriven,
+        MappingFailed,
+        ProductObserved,
+    )
+    from pipeline.statuspage import read_log_view, standing_failures
+
+    async with await SqliteEventLog.open(tmp_path / "p.db") as log:
+        n = 0
+
+        async def add(entity: str, event: object, causation: int | None = None) -> int:
+            nonlocal n
+            n += 1
+            await log.append([NewEvent("a", entity, event, f"k{n}", causation)])  # type: ignore[arg-type]
+            return await log.max_position()
+
+        for name in ("held", "redriven", "healed", "transient"):
+            cmd = await add(f"article:{name}", ArticleUpsertRequested({"articleNumber": name}))
+            await add(f"article:{name}", CommandFailed(cmd, 400, f"{name} refused", 1, name != "transient"), cmd)
+        await add("article:redriven", EntityRedriven("fixed", "operator"))
+        cmd = await add("article:healed", ArticleUpsertRequested({"articleNumber": "healed", "x": 1}))
+        await add("article:healed", CommandSucceeded(cmd, {}, 1), cmd)
+        for name in ("broken", "repaired"):
+            obs = await add(f"product:{name}", ProductObserved({"Id": 1, "Code": None}))
+            await add(f"product:{name}", MappingFailed(obs, "Code", "no Code"), obs)
+        await add("product:repaired", ProductObserved({"Id": 1, "Code": "R"}))
+        cmd = await add("article:waiting", ArticleUpsertRequested({"articleNumber": "waiting"}))
+
+        expected = {(r.position, r.entity) for r in await audit.failures(log)}
+        assert {(pos, entity) for pos, _, _, entity, _, _ in await standing_failures(log)} == expected
+        assert {e for _, e in expected} == {"article:held", "article:transient", "product:broken"}
+        view = await read_log_view(log, ["a"])
+    assert {h.entity for h in view.held} == {"article:held", "product:broken"}
+    assert {(p.entity, p.reason.split(":")[0]) for p in view.pending} == {
+        ("article:transient", "failed after 1 attempt(s), sent again next cycle"),
+        ("article:waiting", "not sent yet"),
+        ("article:redriven", "re-driven (fixed)"),
+    }
