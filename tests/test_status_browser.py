@@ -114,7 +114,8 @@ def running_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
     service: subprocess.Popen[str] | None = None
     try:
         read_until(fakes, "serving until Ctrl-C")
-        config.write_text("status_port = 0\n" + config.read_text(encoding="utf-8"), encoding="utf-8")
+        text = config.read_text(encoding="utf-8").replace("interval_seconds = 10\n", "interval_seconds = 1\n")
+        config.write_text("status_port = 0\n" + text, encoding="utf-8")
         service = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "--config", str(config), "run"],
             stdout=subprocess.PIPE,
@@ -125,6 +126,7 @@ def running_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
         url = re.search(r"status: (http://\S+/)", lines[-1])
         assert url, lines
         read_until(service, "└")  # the end of the first cycle's summary table
+        read_until(service, "polling PowerOffice")  # the second cycle started: the first one is on the page
         yield Service(url.group(1), config, env)
     finally:
         if service is not None:
