@@ -107,17 +107,17 @@ class Metrics:
         self.limiter = _LimiterCollector()
         r.register(self.limiter)
         # Others who want every HTTP answer (the status page: progress, PowerOffice's request rate).
-        self.listeners: list[Callable[[str, int | None, float], None]] = []
+        self.listeners: list[Callable[[str, int | None, float, str | None], None]] = []
         _install_hooks()
         _LIVE.add(self)
 
-    def request(self, system: str, status: int | None, seconds: float) -> None:
+    def request(self, system: str, status: int | None, seconds: float, tenant: str | None = None) -> None:
         self.http_requests.labels(system, "error" if status is None else str(status)).inc()
         self.http_seconds.labels(system).observe(seconds)
         if status == 429:
             self.rate_limited.labels(system).inc()
         for listener in self.listeners:
-            listener(system, status, seconds)
+            listener(system, status, seconds, tenant)
 
 
 class _LimiterCollector(Collector):
@@ -142,7 +142,7 @@ class _LimiterCollector(Collector):
 
 def _on_request(system: str, method: str, status: int | None, seconds: float, tenant: str | None) -> None:
     for m in list(_LIVE):
-        m.request(system, status, seconds)
+        m.request(system, status, seconds, tenant)
 
 
 def _on_retry(details: stamina.instrumentation.RetryDetails) -> None:

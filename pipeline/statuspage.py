@@ -256,7 +256,7 @@ def build_view(status: Status, log_view: LogView, now: datetime) -> PageView:
                 state=state,
                 error=ts.last_error if state in ("refused", "unreachable") else None,
                 last_sync=ts.last_ok,
-                next_cycle=status.next_at,
+                next_cycle=status.next_by_tenant.get(ts.name, status.next_at),
                 held=held_by.get(ts.name, 0),
                 pending=pending_by.get(ts.name, 0),
                 waiting=waiting,

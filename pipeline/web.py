@@ -1,7 +1,7 @@
 """The service's HTTP face while `pipeline run` is up.
 
-- `/livez`: 200 while the loop is alive. 503 when the running cycle (the first one included) has shown no
-  progress (no HTTP answer) for `stall_seconds`, or no cycle has started for that long after one was due.
+- `/livez`: 200 while the loop is alive. 503, naming the tenant, when its running cycle (the first one included)
+  has shown no progress (no HTTP answer for it) for `stall_seconds`, or its next cycle is that long overdue.
 - `/readyz`: 200 with one line per tenant and its state; 503 naming the tenants whose credentials are refused or
   whose systems are unreachable. A tenant whose first cycle has not ended is `starting`, which is ready.
 - `/healthz`: the same as `/readyz` (kept for existing probes).
@@ -99,10 +99,11 @@ class Status:
         self.tenant_status: dict[str, TenantStatus] = {n: TenantStatus(n) for n in self.tenants}
         self.totals = Totals()
         self.history: deque[CyclePoint] = deque()
-        self.running_since: datetime | None = None
-        self.last_progress: datetime | None = None
+        self.running: dict[str, datetime] = {}  # tenant → start of its running cycle
+        self.progress: dict[str, datetime] = {}  # tenant → its last sign of progress (an HTTP answer)
         self.last_end: datetime | None = None
         self.next_at: datetime | None = None
+        self.next_by_tenant: dict[str, datetime] = {}
         self.last_cycle_error: str | None = None
         self.log: SqliteEventLog | None = None
         self.limiter: LimiterView | None = None
@@ -122,11 +123,17 @@ class Status:
         self.metrics.limiter.limiter = limiter
         self._set_head(await log.max_position())
 
-    def cycle_started(self, at: datetime) -> None:
-        self.running_since = self.last_progress = at
+    def cycle_started(self, at: datetime, tenants: Sequence[str] | None = None) -> None:
+        """A cycle started for `tenants` (all of them when None: today's loop cycles every tenant at once)."""
+        for name in self.tenant_status if tenants is None else tenants:
+            self.running[name] = self.progress[name] = at
+
+    @property
+    def running_since(self) -> datetime | None:
+        return min(self.running.values(), default=None)
 
     def record(self, report: CycleReport, ended: datetime, head: int | None = None) -> None:
-        """A cycle ended with `report`; `head` is the log's newest position after it."""
+        """A cycle ended with `report` (every tenant in it); `head` is the log's newest position after it."""
         m = self.metrics
         m.cycles.labels(["ok", "failures", "setup"][report.exit_code]).inc()
         m.cycle_seconds.observe(max(0.0, (ended - report.started).total_seconds()))
@@ -147,6 +154,7 @@ class Status:
             t.skipped += r.skipped
             t.failed += r.failed
             delivered += r.delivered
+            self.running.pop(r.name, None)
             ts = self.tenant_status.setdefault(r.name, TenantStatus(r.name))
             ts.last, ts.last_at = r, ended
             if r.errors or r.setup_error:
@@ -158,19 +166,28 @@ class Status:
             events = head - (self._head or 0)
             self._set_head(head)
         self._point(CyclePoint(ended, max(0, events), delivered))
-        self.last_end, self.running_since, self.last_cycle_error = ended, None, None
+        self.last_end, self.last_cycle_error = ended, None
 
-    def cycle_failed(self, error: str, ended: datetime) -> None:
+    def cycle_failed(self, error: str, ended: datetime, tenants: Sequence[str] | None = None) -> None:
         """The cycle itself failed (the log could not be written, say): counted, shown, and the loop goes on."""
         self.metrics.cycles.labels("error").inc()
-        if self.running_since is not None:
-            self.metrics.cycle_seconds.observe(max(0.0, (ended - self.running_since).total_seconds()))
+        names = list(self.running) if tenants is None else list(tenants)
+        started = min((self.running[n] for n in names if n in self.running), default=None)
+        if started is not None:
+            self.metrics.cycle_seconds.observe(max(0.0, (ended - started).total_seconds()))
+        for name in names:
+            self.running.pop(name, None)
         self.totals.cycles_failed += 1
         self._point(CyclePoint(ended, 0, 0, failed=True))
-        self.last_end, self.running_since, self.last_cycle_error = ended, None, error
+        self.last_end, self.last_cycle_error = ended, error
 
-    def next_cycle(self, at: datetime) -> None:
-        self.next_at = at
+    def next_cycle(self, at: datetime, tenants: Sequence[str] | None = None) -> None:
+        """When the next cycle is due (for `tenants`; for all when None)."""
+        if tenants is None:
+            self.next_at = at
+            self.next_by_tenant.clear()
+        else:
+            self.next_by_tenant.update((name, at) for name in tenants)
 
     def _point(self, point: CyclePoint) -> None:
         self.history.append(point)
@@ -181,10 +198,12 @@ class Status:
         self._head = head
         self.metrics.log_head.set(head)
 
-    def _heard(self, system: str, status: int | None, seconds: float) -> None:
-        """Every HTTP answer (or failure to get one) is progress; PowerOffice's are counted against its limit."""
+    def _heard(self, system: str, status: int | None, seconds: float, tenant: str | None) -> None:
+        """Every HTTP answer (or failure to get one) is its tenant's progress (everyone's when it names none);
+        PowerOffice's are counted against its limit."""
         now = self.clock()
-        self.last_progress = now
+        for name in self.running if tenant is None else (tenant,):
+            self.progress[name] = now
         if system == "poweroffice":
             self._poweroffice_429s += status == 429
             starts = self._poweroffice_starts
@@ -196,21 +215,33 @@ class Status:
 
     def livez(self) -> tuple[bool, str]:
         now = self.clock()
-        if self.running_since is not None:
-            quiet = now - (self.last_progress or self.running_since)
+        stuck = []
+        for name, since in self.running.items():
+            quiet = now - max(since, self.progress.get(name, since))
             if quiet > self.stall:
-                which = "the first cycle" if self.last_end is None else "the running cycle"
-                since = self.running_since.strftime("%H:%M:%S")
-                return False, f"{which} (started {since}) has shown no progress for {int(quiet.total_seconds())} s"
+                first = self.tenant_status[name].last is None if name in self.tenant_status else False
+                which = "its first cycle" if first else "its running cycle"
+                silent = int(quiet.total_seconds())
+                stuck.append(f"{name}: {which} (started {since:%H:%M:%S}) has shown no progress for {silent} s")
+        if stuck:
+            return False, "; ".join(stuck)
+        if self.running:
             return True, "ok: a cycle is running"
         if self.last_end is None:
             quiet = now - self.started
             if quiet > self.stall:
                 return False, f"no cycle has started in {int(quiet.total_seconds())} s"
             return True, "starting"
-        due = self.next_at or self.last_end + self.interval
-        if now - due > self.stall:
-            return False, f"no cycle has started since {due:%H:%M:%S} (due {int((now - due).total_seconds())} s ago)"
+        default = self.next_at or self.last_end + self.interval
+        late = []
+        for name in self.tenant_status:
+            due = self.next_by_tenant.get(name, default)
+            if name not in self.running and now - due > self.stall:
+                late.append(
+                    f"{name}: no cycle has started since {due:%H:%M:%S} (due {int((now - due).total_seconds())} s ago)"
+                )
+        if late:
+            return False, "; ".join(late)
         return True, "ok"
 
     def readyz(self) -> tuple[bool, str]:

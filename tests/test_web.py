@@ -66,14 +66,30 @@ def test_livez_turns_red_when_the_first_cycle_hangs() -> None:
     status.cycle_started(clock())
     clock.advance(200)
     assert status.livez()[0]
-    status.metrics.request("poweroffice", 200, 0.1)  # what the HTTP edge's hook calls: progress
+    status.metrics.request("poweroffice", 200, 0.1, "a")  # what the HTTP edge's hook calls: progress
     clock.advance(200)
     assert status.livez()[0]
     clock.advance(101)
     ok, reason = status.livez()
     assert not ok
-    assert "the first cycle" in reason
-    assert "no progress for 301 s" in reason
+    assert reason == "a: its first cycle (started 12:00:00) has shown no progress for 301 s"
+
+
+def test_livez_names_the_one_tenant_whose_cycle_hangs() -> None:
+    """With a cycle per tenant, another tenant's requests are not this one's progress."""
+    clock = Clock()
+    status = Status(60, clock, tenants=["a", "b"], stall_seconds=300)
+    status.cycle_started(clock(), ["a"])
+    status.cycle_started(clock(), ["b"])
+    for _ in range(4):
+        clock.advance(100)
+        status.metrics.request("ongoing", 200, 0.1, "b")
+    ok, reason = status.livez()
+    assert not ok
+    assert reason.startswith("a: its first cycle")
+    assert "b:" not in reason
+    status.record(CycleReport(clock(), {"a": TenantReport("a")}), clock())
+    assert status.livez() == (True, "ok: a cycle is running")
 
 
 def test_livez_turns_red_when_no_cycle_starts_after_one_was_due() -> None:
