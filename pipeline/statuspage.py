@@ -233,12 +233,24 @@ async def with_causes(log: EventLog, rows: list[audit.Row], limit: int = 20) -> 
 # ------------------------------------------------------------------------------------------- the view-model
 
 
+def _error_words(state: str, last_error: str | None, held: Held | None) -> str | None:
+    """The error beside a tenant's state: the cycle's own error, or the newest quarantined entity's reason."""
+    if state in ("refused", "unreachable"):
+        return last_error
+    if state == "quarantined" and held is not None:
+        return f"newest: {held.entity}: {held.reason}"
+    return None
+
+
 def build_view(status: Status, log_view: LogView, now: datetime) -> PageView:
     """Everything the page shows, decided here (so tests need no browser)."""
+    newest_held: dict[str, Held] = {}
     held_by: dict[str, int] = {}
     pending_by: dict[str, int] = {}
     for h in log_view.held:
         held_by[h.tenant] = held_by.get(h.tenant, 0) + 1
+        if h.tenant not in newest_held or h.position > newest_held[h.tenant].position:
+            newest_held[h.tenant] = h
     for q in log_view.pending:
         pending_by[q.tenant] = pending_by.get(q.tenant, 0) + 1
     rows = []
@@ -254,7 +266,7 @@ def build_view(status: Status, log_view: LogView, now: datetime) -> PageView:
             TenantRow(
                 name=ts.name,
                 state=state,
-                error=ts.last_error if state in ("refused", "unreachable") else None,
+                error=_error_words(state, ts.last_error, newest_held.get(ts.name)),
                 last_sync=ts.last_ok,
                 next_cycle=status.next_by_tenant.get(ts.name, status.next_at),
                 held=held_by.get(ts.name, 0),

@@ -246,6 +246,11 @@ async def test_page_shows_a_quarantined_entity_with_its_reason_escaped_and_a_lin
 
     states = {row.name: row.state for row in view.tenants}
     assert states == {t.name: "quarantined", world.tenants[1].name: "ok"}
+    assert (
+        view.tenants[0].error
+        == f"newest: product:{bad['Id']}: cannot be mapped: UnitPrice: expected a number, got '<b>12,50</b> kr'"
+    )
+    assert view.tenants[1].error is None
     [held] = view.held
     assert (held.tenant, held.entity) == (t.name, entity)
     assert held.reason == "cannot be mapped: UnitPrice: expected a number, got '<b>12,50</b> kr'"
