@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     fakes.add_argument("--ongoing-port", type=int, default=8082, help="Ongoing port (0: any free port)")
     fakes.add_argument("--tenants", type=int, default=3, help="how many goods owners to generate (default: 3)")
     fakes.add_argument("--write-config", metavar="FILE", help="write a pipeline config pointing at the fakes")
+    fakes.add_argument(
+        "--activity",
+        action="store_true",
+        help="keep the world moving: every few seconds a price, a payment, a stock movement or a malformed record",
+    )
+    fakes.add_argument("--seed", type=int, default=2026, help="seed of --activity's changes (default: 2026)")
+    fakes.add_argument("--every", type=float, default=3.0, metavar="SECONDS", help="seconds between changes")
     return parser
 
 
@@ -188,6 +195,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             args.ongoing_port,
             args.tenants,
             args.write_config,
+            args.every if args.activity else None,
+            args.seed,
         )
     settings = _settings(args)
     if args.command == "sync":

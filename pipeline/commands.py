@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ACTIVITY_INTERVAL = 10.0  # interval_seconds in the config `fakes --activity --write-config` writes
+
 
 async def _cycle(console: Console, runtime: Runtime, title: str) -> CycleReport:
     before = await runtime.log.max_position()
@@ -103,7 +105,12 @@ async def run_forever(
 
     stop = stop or anyio.Event()
     clock = clock or (lambda: datetime.now(UTC))
-    status = status or Status(settings.interval_seconds, clock)
+    status = status or Status(
+        settings.interval_seconds,
+        clock,
+        tenants=[t.name for t in settings.tenants],
+        requests_per_second=settings.poweroffice.requests_per_second,
+    )
 
     def record(state: TenantState) -> None:
         status.record_tenant(state)
@@ -115,6 +122,9 @@ async def run_forever(
             console.print(f"{state.name}: cycle failed: {state.last_error}", markup=False, highlight=False)
         if cycled:
             cycled(state)
+
+    def begin(tenant: str) -> None:
+        status.cycle_started(clock(), [tenant])
 
     async def watch() -> None:
         with anyio.open_signal_receiver(*signals) as received:
@@ -129,8 +139,8 @@ async def run_forever(
             _status_server(serve(status, settings.status_host, settings.status_port), settings) as url,
             anyio.create_task_group() as tg,
         ):
-            console.print(f"status: {url}/  ready: {url}/readyz  metrics: {url}/metrics")
-            status.tenants.update(runtime.states)
+            console.print(f"status: {url}/  health: {url}/livez {url}/readyz  metrics: {url}/metrics")
+            await status.attach(runtime.store, runtime.poweroffice.limiter)
             if started:
                 started(url)
             if signals:
@@ -144,11 +154,11 @@ async def run_forever(
                 epoch = reloads.epoch = anyio.Event()
                 async with anyio.create_task_group() as relay:
                     relay.start_soon(_relay, stop, epoch)
-                    await runtime.run(epoch, cycles=cycles, interval=interval, on_cycle=record)
+                    await runtime.run(epoch, cycles=cycles, interval=interval, on_cycle=record, on_start=begin)
                     relay.cancel_scope.cancel()
                 if stop.is_set() or not reloads.apply():
                     break
-                status.tenants = {name: runtime.states[name] for name in runtime.states}
+                status.set_tenants(list(runtime.states))
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:  # the task group wraps what ends `run`: hand the CLI the error itself
         fatal = fatal_error(group)
@@ -310,8 +320,16 @@ async def redrive(console: Console, settings: Settings, tenant: str, entity: str
 
 
 async def serve_fakes(
-    console: Console, host: str, po_port: int, wms_port: int, tenants: int, write_config: str | None
+    console: Console,
+    host: str,
+    po_port: int,
+    wms_port: int,
+    tenants: int,
+    write_config: str | None,
+    activity_every: float | None = None,
+    seed: int = 2026,
 ) -> int:
+    """Serve both fakes until SIGINT/SIGTERM; with `activity_every`, change the world every that many seconds."""
     from pipeline.fakes.world import fake_world
 
     async with fake_world(tenants, host=host, poweroffice_port=po_port, ongoing_port=wms_port) as world:
@@ -322,13 +340,30 @@ async def serve_fakes(
         for t in world.tenants:
             console.print(f"  tenant {t.name}: client key {t.client_key}, goods owner {t.goods_owner_id}")
         if write_config:
-            _write(Path(write_config), world.config_toml("pipeline.db"))
+            # With activity, cycles follow the changes closely: a moving world shows in `run` within a minute.
+            interval = ACTIVITY_INTERVAL if activity_every is not None else None
+            _write(Path(write_config), world.config_toml("pipeline.db", interval_seconds=interval))
             console.print(f"config written to {write_config}: pipeline --config {write_config} sync")
         console.print("serving until Ctrl-C")
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-            async for _ in received:
-                break
+        async with anyio.create_task_group() as tg:
+            if activity_every is not None:
+                tg.start_soon(_move_world, console, world, activity_every, seed)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                async for _ in received:
+                    break
+            tg.cancel_scope.cancel()
     return 0
+
+
+async def _move_world(console: Console, world: Any, every: float, seed: int) -> None:
+    from pipeline.fakes.activity import Activity
+
+    activity = Activity(world, datetime.now(UTC), seed=seed, every=timedelta(seconds=every))
+    console.print(f"activity: a change every {every:g} s (seed {seed})")
+    while True:
+        for c in activity.tick(datetime.now(UTC)):
+            console.print(f"  {c.at:%H:%M:%S} {c.tenant}: {c.words}", markup=False, highlight=False)
+        await anyio.sleep(min(1.0, every))
 
 
 async def demo(console: Console, directory: str) -> int:

@@ -126,10 +126,19 @@ def log_retry(details: RetryDetails) -> None:
 
 
 def install_retry_log() -> None:
-    """Log retries our way; keep stamina's Prometheus counter."""
+    """Log retries our way instead of stamina's own log line; keep every other hook (its Prometheus counter, our
+    `/metrics`)."""
     from stamina import instrumentation  # here: `pipeline --help` stays fast
 
-    instrumentation.set_on_retry_hooks([instrumentation.PrometheusOnRetryHook, log_retry])
+    hooks = [
+        hook
+        for hook in instrumentation.get_on_retry_hooks()
+        # stamina's default logging hook is a closure made by its `init_logging`
+        if not getattr(hook, "__qualname__", "").startswith("init_logging.")
+    ]
+    if log_retry not in hooks:
+        hooks.append(log_retry)
+    instrumentation.set_on_retry_hooks(hooks)
 
 
 def _counts(t: TenantReport) -> dict[str, int]:

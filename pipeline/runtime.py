@@ -96,6 +96,7 @@ class TenantReport:
     # failure, and entities whose latest observation cannot be mapped.
     quarantined: int = 0
     unmapped: int = 0
+    refused: bool = False  # the setup error was refused credentials (401/403), not an unreachable system
 
     @property
     def result(self) -> Result:
@@ -215,6 +216,7 @@ class Runtime:
         self._wrap_log = wrap_log
         self._stack = AsyncExitStack()
         self.log: EventLog
+        self.store: SqliteEventLog
         self.session: aiohttp.ClientSession
         self.poweroffice: PowerOfficeClient
         self.ongoing: OngoingClient
@@ -239,6 +241,7 @@ class Runtime:
             self._stack.enter_context(Lease(self.settings.database, self.command))
             opened = await SqliteEventLog.open(self.settings.database, clock=self.clock)
             self._stack.push_async_callback(opened.close)
+            self.store = opened  # the log itself, for the read-only views (status page, audit queries)
             self.log = self._wrap_log(opened) if self._wrap_log else opened
             self.session = await self._stack.enter_async_context(aiohttp.ClientSession())
             po = self.settings.poweroffice
@@ -287,18 +290,29 @@ class Runtime:
         deadline: float | None = None,
         on_cycle: Callable[[TenantState], None] | None = None,
         progress: Progress | None = None,
+        on_start: Callable[[str], None] | None = None,
     ) -> None:
         """Every tenant's loop, until `stop` is set (each finishes its cycle in progress) or each has run `cycles`.
 
         `interval` / `deadline` (seconds) replace every tenant's own interval / deadline (tests, benchmarks).
-        `on_cycle` is called with the tenant's new state after each cycle. Raises only ConfigError or
-        SchemaVersionError (then every loop is cancelled).
+        `on_start` is called with the tenant's name as each cycle starts, `on_cycle` with its new state after it.
+        Raises only ConfigError or SchemaVersionError (then every loop is cancelled).
         """
         fatal: list[Exception] = []
         async with anyio.create_task_group() as tg:
             for tenant in self.settings.tenants:
                 tg.start_soon(
-                    self._loop, tenant, stop, cycles, interval, deadline, on_cycle, progress, fatal, tg.cancel_scope
+                    self._loop,
+                    tenant,
+                    stop,
+                    cycles,
+                    interval,
+                    deadline,
+                    on_cycle,
+                    progress,
+                    fatal,
+                    tg.cancel_scope,
+                    on_start,
                 )
         if fatal:
             raise fatal[0]
@@ -314,6 +328,7 @@ class Runtime:
         progress: Progress | None,
         fatal: list[Exception],
         scope: anyio.CancelScope,
+        on_start: Callable[[str], None] | None = None,
     ) -> None:
         period = self.interval_of(tenant) if interval is None else interval
         budget = self.interval_of(tenant) if deadline is None else deadline
@@ -321,6 +336,8 @@ class Runtime:
         while not stop.is_set():
             begun = anyio.current_time()
             last = cycles is not None and done + 1 >= cycles
+            if on_start is not None:
+                on_start(tenant.name)
             try:
                 state = await self._tenant_cycle(
                     tenant, begun + budget, None if last else begun + period, stop, progress
@@ -439,7 +456,7 @@ class Runtime:
                 report.deadline_reached = True
             if counts.refused:  # credentials refused on a write: a tenant problem (exit 2), nothing quarantined
                 report.errors.append(counts.refused)
-                report.setup_error = True
+                report.setup_error = report.refused = True
         # Standing problems, whenever they began (a quarantine from last week still fails `sync`).
         standing = await standing_problems(self.log, tenant.name)
         report.quarantined = len(standing.quarantined)
@@ -472,7 +489,7 @@ class Runtime:
             await poll(tenant, now, report)
         except AuthError as exc:
             report.errors.append(f"{phase}: {exc}")
-            report.setup_error = True
+            report.setup_error = report.refused = True
             log.error("%s: %s refused the credentials: %s", tenant.name, phase, exc)
         except ApiError as exc:
             report.errors.append(f"{phase}: {exc}")

@@ -1,180 +1,368 @@
-"""The service's HTTP face while `pipeline run` is up: `/readyz` (and `/healthz`, the same), `/metrics` (Prometheus
-text) and `/` (status).
+"""The service's HTTP face while `pipeline run` is up.
 
-- `/readyz`: 200 while every tenant's last cycle ended within twice its interval (plus a grace minute) and did not
-  fail (`TenantState.failing`: the cycle raised, a poll failed, or the tenant could not be reached); 503 otherwise,
-  naming each tenant and why. Before the first cycle ends it answers 200 "starting". `/healthz` is an alias.
-- `/metrics`: counters and gauges from `prometheus_client`, on a registry of our own (no process globals).
-- `/`: a small page with the last cycle per tenant.
+- `/livez`: 200 while the loop is alive. 503, naming the tenant, when its running cycle (the first one included)
+  has shown no progress (no HTTP answer for it) for `stall_seconds`, or its next cycle is that long overdue.
+- `/readyz`: 200 with one line per tenant and its state; 503 naming the tenants whose credentials are refused or
+  whose systems are unreachable. A tenant whose first cycle has not ended is `starting`, which is ready.
+- `/healthz`: the same as `/readyz` (kept for existing probes).
+- `/metrics`: Prometheus text (`pipeline.metrics`).
+- `/`: the status page (`pipeline.statuspage`), refreshing itself; `/entity/<tenant>/<entity>`: one entity's
+  history from the log, as a page.
+
+`Status` is what the service knows about itself. The runtime's reports come in through its adapter methods
+(`attach`, `cycle_started`, `record_tenant` — each tenant's loop reports its own cycles — or `record`,
+`cycle_failed`, `next_cycle`) and nowhere else.
 """
 
 from __future__ import annotations
 
-import html
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from pipeline.runtime import CycleReport, TenantState
+from pipeline import audit, statuspage
+from pipeline.eventlog.sqlite import SqliteEventLog
+from pipeline.metrics import LimiterView, Metrics
+from pipeline.runtime import CycleReport, TenantReport, TenantState
 from pipeline.serving import serve_app
+
+# How long the log-derived part (quarantined, pending, head) is reused before it is read again: for the page, and
+# for /metrics (scraped every 15-60 s; the quarantine gauges may lag by that much, and the log is spared the reads).
+LOG_VIEW_TTL = timedelta(seconds=5)
+METRICS_LOG_VIEW_TTL = timedelta(seconds=60)
 
 
 @dataclass
-class Metrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+class TenantStatus:
+    """A tenant as the last cycles left it."""
+
+    name: str
+    last: TenantReport | None = None
+    last_at: datetime | None = None  # end of the last cycle that reported this tenant
+    last_ok: datetime | None = None  # end of the last cycle in which it polled without an error
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+    @property
+    def state(self) -> str:
+        """starting · failed · refused · unreachable · ok (the page refines ok into waiting / quarantined from the
+        log). `failed`: the cycle itself raised (the log could not be written, a bug)."""
+        r = self.last
+        if r is None:
+            return "starting"
+        if r.cycle_error is not None:
+            return "failed"
+        if r.refused:
+            return "refused"
+        if r.setup_error or r.errors:
+            return "unreachable"
+        return "ok"
+
+
+# Tenant states that make `/readyz` answer 503.
+NOT_READY = ("failed", "refused", "unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class CyclePoint:
+    """One cycle, for the chart: events appended to the log and deliveries made."""
+
+    ended: datetime
+    events: int
+    delivered: int
+    failed: bool = False
+
+
+@dataclass
+class Totals:
+    cycles: int = 0
+    cycles_failed: int = 0
+    observed: int = 0
+    commands: int = 0
+    delivered: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+@dataclass
+class Status:
+    interval_seconds: float
+    clock: Callable[[], datetime]
+    tenants: Sequence[str] = ()
+    stall_seconds: float = 600.0
+    requests_per_second: float = 10.0
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
-        r = self.registry
-        self.cycles = Counter("pipeline_cycles", "Sync cycles finished", ["result"], registry=r)
-        self.duration = Histogram(
-            "pipeline_cycle_seconds", "Duration of a sync cycle", registry=r, buckets=(1, 5, 15, 60, 300, 900, 3600)
-        )
-        self.observed = Counter("pipeline_observed", "Observations appended", ["tenant"], registry=r)
-        self.commands = Counter("pipeline_commands", "Commands appended", ["tenant"], registry=r)
-        self.delivered = Counter("pipeline_delivered", "Commands delivered", ["tenant"], registry=r)
-        self.skipped = Counter("pipeline_skipped", "Commands deliberately not sent", ["tenant"], registry=r)
-        self.failed = Counter("pipeline_failed", "Entities that failed (mapping or delivery)", ["tenant"], registry=r)
-        self.waiting = Gauge("pipeline_waiting", "Commands waiting (quarantine or articles)", ["tenant"], registry=r)
-        self.quarantined = Gauge("pipeline_quarantined", "Entities held by a permanent failure", ["tenant"], registry=r)
-        self.unmapped = Gauge(
-            "pipeline_unmapped", "Entities whose latest record cannot be mapped", ["tenant"], registry=r
-        )
-        self.last_cycle = Gauge("pipeline_last_cycle_timestamp_seconds", "End of the last cycle", registry=r)
-        self.cycles_failed = Counter(
-            "pipeline_cycles_failed", "Tenant cycles that failed (the log, a poll, a bug)", ["tenant"], registry=r
-        )
-        self.last_success = Gauge(
-            "pipeline_last_success_timestamp_seconds",
-            "End of the tenant's last cycle that did not fail",
-            ["tenant"],
-            registry=r,
-        )
-
-
-class Status:
-    """What the service knows about itself: each tenant's `TenantState`, given to `record_tenant` after each of
-    its cycles (`record` takes a whole `CycleReport` instead)."""
-
-    def __init__(self, interval_seconds: float, clock: Callable[[], datetime]) -> None:
-        self.interval = timedelta(seconds=interval_seconds)
-        self.clock = clock
-        self.metrics = Metrics()
-        self.since = clock()
-        self.tenants: dict[str, TenantState] = {}
+        self.interval = timedelta(seconds=self.interval_seconds)
+        self.stall = timedelta(seconds=self.stall_seconds)
+        self.started = self.clock()
+        self.tenant_status: dict[str, TenantStatus] = {n: TenantStatus(n) for n in self.tenants}
+        self.totals = Totals()
+        self.history: deque[CyclePoint] = deque()
+        self.running: dict[str, datetime] = {}  # tenant → start of its running cycle
+        self.progress: dict[str, datetime] = {}  # tenant → its last sign of progress (an HTTP answer)
         self.last_end: datetime | None = None
+        self.next_at: datetime | None = None
+        self.next_by_tenant: dict[str, datetime] = {}
+        self.last_cycle_error: str | None = None
+        self.states: dict[str, TenantState] = {}  # each tenant's loop state, as it last reported it
+        self.log: SqliteEventLog | None = None
+        self.limiter: LimiterView | None = None
+        self._head: int | None = None
+        self._poweroffice_starts: deque[datetime] = deque()
+        self._poweroffice_429s = 0
+        self._log_view: statuspage.LogView | None = None
+        self._log_view_at: datetime | None = None
+        self.metrics.listeners.append(self._heard)
+
+    # -------------------------------------------------------------------------------- adapter: the loop tells
+
+    async def attach(self, log: SqliteEventLog, limiter: LimiterView | None = None) -> None:
+        """The log (for the page's queries and the head) and the PowerOffice key's limiter."""
+        self.log = log
+        self.limiter = limiter
+        self.metrics.limiter.limiter = limiter
+        self._set_head(await log.max_position())
+
+    def cycle_started(self, at: datetime, tenants: Sequence[str] | None = None) -> None:
+        """A cycle started for `tenants` (all of them when None: today's loop cycles every tenant at once)."""
+        for name in self.tenant_status if tenants is None else tenants:
+            self.running[name] = self.progress[name] = at
+
+    @property
+    def running_since(self) -> datetime | None:
+        return min(self.running.values(), default=None)
+
+    def record(self, report: CycleReport, ended: datetime, head: int | None = None) -> None:
+        """A cycle ended with `report` (every tenant in it); `head` is the log's newest position after it."""
+        m = self.metrics
+        for r in report.tenants.values():
+            m.cycles.labels(r.result).inc()
+        m.cycle_seconds.observe(max(0.0, (ended - report.started).total_seconds()))
+        m.last_cycle.set(ended.timestamp())
+        delivered = 0
+        t = self.totals
+        t.cycles += 1
+        for r in report.tenants.values():
+            m.observed.labels(r.name).inc(r.observed)
+            m.commands.labels(r.name).inc(r.commands)
+            m.delivered.labels(r.name).inc(r.delivered)
+            m.skipped.labels(r.name).inc(r.skipped)
+            m.failed.labels(r.name).inc(r.failed)
+            m.waiting.labels(r.name).set(r.waiting)
+            m.unmapped.labels(r.name).set(r.unmapped)
+            if r.cycle_failed:
+                m.cycles_failed.labels(r.name).inc()
+                t.cycles_failed += 1
+            t.observed += r.observed
+            t.commands += r.commands
+            t.delivered += r.delivered
+            t.skipped += r.skipped
+            t.failed += r.failed
+            delivered += r.delivered
+            self.running.pop(r.name, None)
+            ts = self.tenant_status.setdefault(r.name, TenantStatus(r.name))
+            ts.last, ts.last_at = r, ended
+            if r.cycle_error is not None or r.errors or r.setup_error:
+                error = r.cycle_error or (r.errors[-1] if r.errors else "setup failed")
+                ts.last_error, ts.last_error_at = error, ended
+            else:
+                ts.last_ok = ended
+                m.last_success.labels(r.name).set(ended.timestamp())
+        if head is not None:
+            events = head - (self._head or 0)
+            self._set_head(head)
+        else:  # what the cycle appended, from its counts
+            events = sum(r.observed + r.commands + r.delivered + r.skipped + r.failed for r in report.tenants.values())
+        self._point(CyclePoint(ended, max(0, events), delivered))
+        self.last_end, self.last_cycle_error = ended, None
+
+    def set_tenants(self, names: Sequence[str]) -> None:
+        """The tenants after a reload: new ones start as `starting`, removed ones leave the page."""
+        self.tenant_status = {n: self.tenant_status.get(n) or TenantStatus(n) for n in names}
+        self.states = {n: s for n, s in self.states.items() if n in self.tenant_status}
+        for name in list(self.running):
+            if name not in self.tenant_status:
+                del self.running[name]
 
     def record_tenant(self, state: TenantState) -> None:
-        self.tenants[state.name] = state
+        """One tenant's loop ended a cycle (`pipeline.runtime.TenantState`): record it, and when its next is due."""
+        self.states[state.name] = state
         ended = state.last_ended or self.clock()
-        self.last_end = ended
-        m = self.metrics
-        m.cycles.labels(state.result).inc()
-        m.last_cycle.set(ended.timestamp())
-        if state.last_started is not None:
-            m.duration.observe((ended - state.last_started).total_seconds())
-        t = state.report
-        if t is None:
-            return
-        m.observed.labels(t.name).inc(t.observed)
-        m.commands.labels(t.name).inc(t.commands)
-        m.delivered.labels(t.name).inc(t.delivered)
-        m.skipped.labels(t.name).inc(t.skipped)
-        m.failed.labels(t.name).inc(t.failed)
-        m.waiting.labels(t.name).set(t.waiting)
-        m.quarantined.labels(t.name).set(t.quarantined)
-        m.unmapped.labels(t.name).set(t.unmapped)
-        if t.cycle_failed:
-            m.cycles_failed.labels(t.name).inc()
-        if state.last_success is not None:
-            m.last_success.labels(t.name).set(state.last_success.timestamp())
+        if state.report is not None:
+            self.record(CycleReport(state.last_started or ended, {state.name: state.report}), ended)
+        if state.next_cycle is not None:
+            self.next_cycle(state.next_cycle, [state.name])
 
-    def record(self, report: CycleReport, ended: datetime) -> None:
-        """Record a cycle of every tenant (each tenant's state follows from its report)."""
-        interval = self.interval.total_seconds()
-        for t in report.tenants.values():
-            before = self.tenants.get(t.name) or TenantState(t.name, interval)
-            failed = t.cycle_failed
-            last_error = t.cycle_error or ("; ".join(t.errors) if t.errors else None)
-            self.record_tenant(
-                TenantState(
-                    t.name,
-                    before.interval_seconds,
-                    result=t.result,
-                    report=t,
-                    last_error=last_error,
-                    last_started=report.started,
-                    last_ended=ended,
-                    last_success=before.last_success if failed else ended,
-                    cycles=before.cycles + 1,
-                    failed_cycles=before.failed_cycles + failed,
-                )
-            )
+    def cycle_failed(self, error: str, ended: datetime, tenants: Sequence[str] | None = None) -> None:
+        """The cycle itself failed (the log could not be written, say): counted, shown, and the loop goes on."""
+        self.metrics.cycles.labels("error").inc()
+        names = list(self.running) if tenants is None else list(tenants)
+        started = min((self.running[n] for n in names if n in self.running), default=None)
+        if started is not None:
+            self.metrics.cycle_seconds.observe(max(0.0, (ended - started).total_seconds()))
+        for name in names:
+            self.running.pop(name, None)
+        self.totals.cycles_failed += 1
+        self._point(CyclePoint(ended, 0, 0, failed=True))
+        self.last_end, self.last_cycle_error = ended, error
 
-    def health(self) -> tuple[bool, str]:
-        """Readiness: (ready, reason). Not ready while a tenant's last cycle failed or none ended for too long."""
+    def next_cycle(self, at: datetime, tenants: Sequence[str] | None = None) -> None:
+        """When the next cycle is due (for `tenants`; for all when None)."""
+        if tenants is None:
+            self.next_at = at
+            self.next_by_tenant.clear()
+        else:
+            self.next_by_tenant.update((name, at) for name in tenants)
+
+    def _point(self, point: CyclePoint) -> None:
+        self.history.append(point)
+        while self.history and self.history[0].ended < point.ended - timedelta(days=1):
+            self.history.popleft()
+
+    def _set_head(self, head: int) -> None:
+        self._head = head
+        self.metrics.log_head.set(head)
+
+    def _heard(self, system: str, status: int | None, seconds: float, tenant: str | None) -> None:
+        """Every HTTP answer (or failure to get one) is its tenant's progress (everyone's when it names none);
+        PowerOffice's are counted against its limit."""
         now = self.clock()
-        problems: list[str] = []
-        for state in self.tenants.values():
-            if state.failing and state.report is not None and state.report.setup_error:
-                detail = f": {state.last_error}" if state.last_error else ""
-                problems.append(f"{state.name}: unreachable or refused{detail}")
-            elif state.failing:
-                problems.append(f"{state.name}: last cycle failed ({state.failed_cycles} so far): {state.last_error}")
-            late = now - (state.last_ended or self.since)
-            if late > 2 * timedelta(seconds=state.interval_seconds) + timedelta(minutes=1):
-                problems.append(f"{state.name}: no cycle finished for {int(late.total_seconds())} s")
-        if problems:
-            return False, "; ".join(problems)
-        if all(state.report is None for state in self.tenants.values()):
+        for name in self.running if tenant is None else (tenant,):
+            self.progress[name] = now
+        if system == "poweroffice":
+            self._poweroffice_429s += status == 429
+            starts = self._poweroffice_starts
+            starts.append(now - timedelta(seconds=seconds))
+            while starts and starts[0] < now - timedelta(minutes=1):
+                starts.popleft()
+
+    # ---------------------------------------------------------------------------------------------- health
+
+    def livez(self) -> tuple[bool, str]:
+        now = self.clock()
+        stuck = []
+        for name, since in self.running.items():
+            quiet = now - max(since, self.progress.get(name, since))
+            if quiet > self.stall:
+                first = self.tenant_status[name].last is None if name in self.tenant_status else False
+                which = "its first cycle" if first else "its running cycle"
+                silent = int(quiet.total_seconds())
+                stuck.append(f"{name}: {which} (started {since:%H:%M:%S}) has shown no progress for {silent} s")
+        if stuck:
+            return False, "; ".join(stuck)
+        if self.running:
+            return True, "ok: a cycle is running"
+        if self.last_end is None:
+            quiet = now - self.started
+            if quiet > self.stall:
+                return False, f"no cycle has started in {int(quiet.total_seconds())} s"
             return True, "starting"
+        default = self.next_at or self.last_end + self.interval
+        late = []
+        for name in self.tenant_status:
+            due = self.next_by_tenant.get(name, default)
+            if name not in self.running and now - due > self.stall:
+                late.append(
+                    f"{name}: no cycle has started since {due:%H:%M:%S} (due {int((now - due).total_seconds())} s ago)"
+                )
+        if late:
+            return False, "; ".join(late)
         return True, "ok"
+
+    def readyz(self) -> tuple[bool, str]:
+        states = [(t.name, t.state, t.last_error) for t in self.tenant_status.values()]
+        bad = [name for name, state, _ in states if state in NOT_READY]
+        lines = [
+            f"{name}: {state}" + (f" ({err})" if state in NOT_READY and err else "") for name, state, err in states
+        ]
+        if bad:
+            return False, "not ready: " + ", ".join(bad) + "\n" + "\n".join(lines)
+        if all(state == "starting" for _, state, _ in states):
+            return True, "starting\n" + "\n".join(lines)
+        return True, "ready\n" + "\n".join(lines)
+
+    # ---------------------------------------------------------------------------------------------- the page
+
+    def poweroffice_use(self, now: datetime) -> statuspage.RateUse:
+        from pipeline.clients.ratelimit import max_in_window
+
+        recent = [t for t in self._poweroffice_starts if t >= now - timedelta(minutes=1)]
+        last10 = sum(1 for t in recent if t >= now - timedelta(seconds=10))
+        base = now.timestamp()
+        peak = max_in_window([t.timestamp() - base for t in recent]) if recent else 0
+        return statuspage.RateUse(
+            limit=self.requests_per_second,
+            last_10s=last10 / 10.0,
+            peak_second=peak,
+            queued=self.limiter.waiting if self.limiter is not None else 0,
+            rate_limited=self._poweroffice_429s,
+        )
+
+    async def log_view(self, max_age: timedelta = LOG_VIEW_TTL) -> statuspage.LogView:
+        """Quarantined and pending entities and the head, read from the log when the last read is `max_age` old."""
+        now = self.clock()
+        if self.log is None:
+            return statuspage.LogView(head=0, held=(), pending=())
+        if self._log_view is None or self._log_view_at is None or now - self._log_view_at >= max_age:
+            self._log_view = await statuspage.read_log_view(self.log, list(self.tenant_status))
+            self._log_view_at = now
+            self._set_head(self._log_view.head)
+            counts: dict[str, int] = {name: 0 for name in self.tenant_status}
+            for h in self._log_view.held:
+                counts[h.tenant] = counts.get(h.tenant, 0) + 1
+            for name, n in counts.items():
+                self.metrics.quarantined.labels(name).set(n)
+        return self._log_view
+
+    async def page(self) -> statuspage.PageView:
+        view = await self.log_view()
+        return statuspage.build_view(self, view, self.clock())
 
 
 def create_app(status: Status) -> web.Application:
+    async def livez(_: web.Request) -> web.Response:
+        ok, reason = status.livez()
+        return web.Response(status=200 if ok else 503, text=reason + "\n")
+
     async def readyz(_: web.Request) -> web.Response:
-        ok, reason = status.health()
+        ok, reason = status.readyz()
         return web.Response(status=200 if ok else 503, text=reason + "\n")
 
     async def metrics(_: web.Request) -> web.Response:
+        await status.log_view(METRICS_LOG_VIEW_TTL)  # the quarantine gauges
+        if status.log is not None:
+            status.metrics.log_head.set(await status.log.max_position())
         body = generate_latest(status.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def index(_: web.Request) -> web.Response:
-        ok, reason = status.health()
-        rows = ""
-        for state in status.tenants.values():
-            t = state.report
-            counts = (t.observed, t.commands, t.delivered, t.skipped, t.failed, t.waiting) if t else ("",) * 6
-            cells = (
-                state.name,
-                *counts,
-                state.result,
-                state.last_error or "",
-                _when(state.last_success),
-                _when(state.next_cycle),
-                state.failed_cycles,
-            )
-            rows += "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
-        ended = status.last_end.isoformat() if status.last_end else "not yet"
-        page = (
-            "<!doctype html><title>pipeline</title><h1>pipeline</h1>"
-            f"<p>health: {html.escape(reason)} · last cycle ended: {html.escape(ended)}</p>"
-            "<table border=1><tr><th>tenant<th>observed<th>commands<th>delivered<th>skipped<th>failed<th>waiting"
-            "<th>last cycle<th>last error<th>last success<th>next cycle<th>failed cycles"
-            f"{rows}</table>"
-        )
-        return web.Response(text=page, content_type="text/html", status=200 if ok else 503)
+        page = statuspage.render_page(await status.page())
+        return web.Response(text=page, content_type="text/html", charset="utf-8")
+
+    async def entity(request: web.Request) -> web.Response:
+        tenant, name = request.match_info["tenant"], request.match_info["entity"]
+        if tenant not in status.tenant_status or status.log is None:
+            raise web.HTTPNotFound(text=f"no tenant named {tenant!r}\n")
+        rows = await audit.history(status.log, tenant, name)
+        rows = await statuspage.with_causes(status.log, rows)
+        page = statuspage.render_entity(tenant, name, rows, status.clock())
+        return web.Response(text=page, content_type="text/html", charset="utf-8", status=200 if rows else 404)
 
     app = web.Application()
+    app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/healthz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
+    app.router.add_get("/entity/{tenant}/{entity:.+}", entity)
     return app
 
 
@@ -185,5 +373,4 @@ async def serve(status: Status, host: str, port: int) -> AsyncIterator[str]:
         yield origin
 
 
-def _when(moment: datetime | None) -> str:
-    return moment.isoformat(timespec="seconds") if moment else "—"
+__all__ = ["CyclePoint", "Status", "TenantStatus", "Totals", "create_app", "serve"]

@@ -189,8 +189,7 @@ async def test_rule8_a_standing_failure_keeps_sync_failing(tmp_path: Path) -> No
     status = Status(900, lambda: second.started)
     status.record(second, second.started)
     metrics = _metrics(status)
-    assert metrics[f'pipeline_unmapped{{tenant="{t.name}"}}'] == 1.0
-    assert metrics[f'pipeline_quarantined{{tenant="{t.name}"}}'] == 0.0
+    assert metrics[f'pipeline_unmapped_entities{{tenant="{t.name}"}}'] == 1.0
 
 
 def _metrics(status: Any) -> dict[str, float]:

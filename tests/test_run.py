@@ -44,7 +44,7 @@ async def test_run_serves_health_and_metrics_and_stops_cleanly(tmp_path: Path) -
             await cycled.wait()
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"{urls[0]}/healthz") as resp:
-                    assert (resp.status, (await resp.text()).strip()) == (200, "ok")
+                    assert (resp.status, (await resp.text()).splitlines()[0]) == (200, "ready")
                 async with session.get(f"{urls[0]}/metrics") as resp:
                     text = await resp.text()
                     assert 'pipeline_cycles_total{result="ok"} 1.0' in text
@@ -56,21 +56,22 @@ async def test_run_serves_health_and_metrics_and_stops_cleanly(tmp_path: Path) -
 
 
 def test_health_turns_red_when_cycles_stop_or_setup_fails() -> None:
-    """Health is 503 when no cycle ended for over twice the interval, or the last one could not reach a tenant."""
+    """Liveness is red when no cycle started long after one was due; readiness when a tenant can't be reached."""
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     clock = [now]
-    status = Status(60, lambda: clock[0])
-    assert status.health() == (True, "starting")
+    status = Status(60, lambda: clock[0], tenants=["a"], stall_seconds=120)
+    assert status.livez() == (True, "starting")
     report = CycleReport(now, {"a": TenantReport("a")})
     status.record(report, now)
-    assert status.health() == (True, "ok")
+    assert status.livez() == (True, "ok")
+    assert status.readyz() == (True, "ready\na: ok")
     clock[0] = now + timedelta(minutes=4)
-    ok, reason = status.health()
+    ok, reason = status.livez()
     assert not ok
-    assert "no cycle finished" in reason
-    bad = CycleReport(now, {"a": TenantReport("a", setup_error=True)})
+    assert "no cycle has started" in reason
+    bad = CycleReport(now, {"a": TenantReport("a", errors=["Ongoing: connection failed"], setup_error=True)})
     status.record(bad, clock[0])
-    assert status.health() == (False, "a: unreachable or refused")
+    assert status.readyz() == (False, "not ready: a\na: unreachable (Ongoing: connection failed)")
 
 
 @pytest.mark.anyio
@@ -82,7 +83,7 @@ async def test_readyz_healthz_and_page_show_a_failed_cycle_until_the_next_one_su
     from pipeline.web import create_app
 
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-    status = Status(60, lambda: now)
+    status = Status(60, lambda: now, tenants=["a", "b"])
     good = TenantState("a", 60, result="ok", report=TenantReport("a"), last_started=now, last_ended=now)
     status.record_tenant(dataclasses.replace(good, last_success=now, cycles=1))
     broken = TenantReport("b", cycle_error="StoreError: append failed: database or disk is full <x>")
@@ -105,16 +106,17 @@ async def test_readyz_healthz_and_page_show_a_failed_cycle_until_the_next_one_su
             async with session.get(origin + path) as resp:
                 text = await resp.text()
                 assert resp.status == 503
-                assert text.startswith("b: last cycle failed (1 so far): StoreError: append failed")
-                assert "a:" not in text
+                assert text.startswith("not ready: b\n")
+                assert "b: failed (StoreError: append failed: database or disk is full <x>)" in text
+                assert "a: ok" in text
         async with session.get(origin + "/") as resp:
             page = await resp.text()
             assert "database or disk is full &lt;x&gt;" in page
-            assert "2026-11-25T12:01:00+00:00" in page  # b's next cycle
+            assert "12:01" in page  # b's next cycle
         async with session.get(origin + "/metrics") as resp:
             metrics = await resp.text()
             assert 'pipeline_cycles_failed_total{tenant="b"} 1.0' in metrics
             assert 'pipeline_cycles_total{result="failed"} 1.0' in metrics
         status.record_tenant(TenantState("b", 60, result="ok", report=TenantReport("b"), last_ended=now, cycles=2))
         async with session.get(origin + "/readyz") as resp:
-            assert (resp.status, (await resp.text()).strip()) == (200, "ok")
+            assert (resp.status, (await resp.text()).strip()) == (200, "ready\na: ok\nb: ok")

@@ -123,14 +123,14 @@ async def test_run_survives_store_faults_on_append_read_and_in_a_sender_task_gro
         faulty[0].fault = "append"
         return faulty[0]
 
-    status = Status(settings.interval_seconds, fixed_clock)
+    status = Status(settings.interval_seconds, fixed_clock, tenants=[t.name for t in settings.tenants])
     seen: list[tuple[str, str, str | None, bool]] = []
     plan = ["read", "outcome", None, None]
 
     def cycled(state: TenantState) -> None:
         if state.name != hit.name:
             return
-        ready, reason = status.health()
+        ready, reason = status.readyz()
         seen.append((state.result, faulty[0].fault or "-", state.last_error, ready))
         if state.result == "failed":
             assert hit.name in reason, reason
@@ -174,10 +174,10 @@ async def test_run_survives_store_faults_on_append_read_and_in_a_sender_task_gro
     assert len(groups) == 1, [r.getMessage() for r in caplog.records]
     assert groups[0].getMessage().startswith(f"{hit.name}: cycle failed: StoreError: outcome")
 
-    state = status.tenants[hit.name]
+    state = status.states[hit.name]
     assert (state.cycles, state.failed_cycles, state.result) == (5, 3, "ok")
-    assert status.tenants[other.name].failed_cycles == 0
-    assert status.health() == (True, "ok")
+    assert status.states[other.name].failed_cycles == 0
+    assert status.readyz()[0]
     metrics = generate_latest(status.metrics.registry).decode()
     assert f'pipeline_cycles_failed_total{{tenant="{hit.name}"}} 3.0' in metrics
     assert f'pipeline_cycles_failed_total{{tenant="{other.name}"}}' not in metrics

@@ -16,6 +16,7 @@ is capped (`retry_after_cap`): a server asking for an hour never stalls a whole 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -177,6 +178,17 @@ def classify(
     return PermanentApiError(system, method, path, status, detail, tenant=tenant)
 
 
+# --- Metrics hook: `pipeline.metrics` listens here. The edge only reports each answer; it keeps no counts. ---
+# A listener gets (system, method, status or None when no answer came, seconds, tenant) and must not raise.
+RequestListener = Callable[[str, str, int | None, float, str | None], None]
+request_listeners: list[RequestListener] = []
+
+
+def _report(system: str, method: str, status: int | None, started: float, tenant: str | None) -> None:
+    for listener in request_listeners:
+        listener(system, method, status, time.monotonic() - started, tenant)
+
+
 async def send(
     session: aiohttp.ClientSession,
     system: str,
@@ -196,17 +208,21 @@ async def send(
     """
     secrets = request_secrets(kwargs.get("headers"))
     remember_secrets(*secrets, pinned=False)
+    started = time.monotonic()
     try:
         async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout), **kwargs) as resp:
             body = await resp.read()
             headers = resp.headers.copy()  # stays case-insensitive: a `retry-after` is a `Retry-After`
             status = resp.status
     except TimeoutError as exc:
+        _report(system, method, None, started, tenant)
         raise TransientApiError(system, method, path, None, "timed out", tenant=tenant) from exc
     except aiohttp.ClientError as exc:
+        _report(system, method, None, started, tenant)
         raise TransientApiError(
             system, method, path, None, f"connection failed: {type(exc).__name__}", tenant=tenant
         ) from exc
+    _report(system, method, status, started, tenant)
     if status >= 400:
         raise classify(
             system, method, path, status, headers, body, tenant, secrets=secrets, retry_after_cap=retry_after_cap

@@ -99,6 +99,7 @@ class RateLimiter:
         self._leader: _Waiter | None = None
         self.granted = 0
         self.throttles = 0
+        self.waited = 0.0  # seconds all granted acquire() calls spent waiting (read by pipeline.metrics)
 
     def __repr__(self) -> str:
         return f"RateLimiter({self.requests_per_second:g} rps, waiting={self.waiting}, tenants={len(self._turns)})"
@@ -142,6 +143,7 @@ class RateLimiter:
         its place. Cancellation while waiting gives the place up cleanly (and passes the dispatcher role on).
         """
         waiter = _Waiter(tenant)
+        arrived = self._clock()
         queue = self._queues.get(tenant)
         if queue is None:
             queue = self._queues[tenant] = deque()
@@ -156,6 +158,7 @@ class RateLimiter:
                 else:
                     waiter.wake = anyio.Event()
                     await waiter.wake.wait()
+            self.waited += self._clock() - arrived
         except BaseException:
             if waiter.grant is None:
                 self._discard(waiter)

@@ -84,10 +84,14 @@ class World:
             ),
         )
 
-    def config_toml(self, database: str, *, requests_per_second: float = 10.0) -> str:
+    def config_toml(
+        self, database: str, *, requests_per_second: float = 10.0, interval_seconds: float | None = None
+    ) -> str:
         """The same settings as a config file (secrets inline: these are the fakes' own demo keys)."""
-        lines = [
-            f'database = "{database}"',
+        lines = [f'database = "{database}"']
+        if interval_seconds is not None:
+            lines.append(f"interval_seconds = {interval_seconds:g}")
+        lines += [
             "",
             "[poweroffice]",
             f'api_url = "{self.poweroffice_origin}/v2"',
