@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("entity")
     redrive.add_argument("--reason", default="operator re-drive")
 
+    reconcile = sub.add_parser("reconcile", help="compare PowerOffice with Ongoing; exit 1 when they differ")
+    reconcile.add_argument("--tenant")
+    reconcile.add_argument("--kind", choices=["products", "orders", "stock"], help="one kind (default: all)")
+    reconcile.add_argument("--since", metavar="T", help="orders: invoices since T (default: orders_since)")
+    reconcile.add_argument("--repair", action="store_true", help="append the commands that fix what may be fixed")
+    reconcile.add_argument("--json", action="store_true", help="machine-readable output")
+
     fakes = sub.add_parser("fakes", help="serve both fake APIs on localhost for manual runs")
     fakes.add_argument("--host", default="127.0.0.1")
     fakes.add_argument("--poweroffice-port", type=int, default=8081)
@@ -147,4 +154,21 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return anyio.run(commands.audit, console, settings, args)
     if args.command == "redrive":
         return anyio.run(commands.redrive, console, settings, args.tenant, args.entity, args.reason)
+    if args.command == "reconcile":
+        from pipeline import reconcile
+
+        if args.tenant and args.tenant not in {t.name for t in settings.tenants}:
+            raise ConfigError([f"--tenant: no tenant named {args.tenant!r}"], "command line")
+        since = _time(args.since, "--since") if args.since else None
+        return anyio.run(
+            lambda: reconcile.command(
+                console,
+                settings,
+                tenant=args.tenant,
+                kinds=[args.kind] if args.kind else reconcile.KINDS,
+                since=since,
+                repair=args.repair,
+                as_json=args.json,
+            )
+        )
     raise AssertionError(args.command)  # pragma: no cover: argparse rejects unknown commands

@@ -3,7 +3,8 @@
 Rules on top of the machinery in `pipeline.senders.base` (checkpoint `sender.ongoing` per tenant):
 - One delivery at a time per tenant (`in_flight = 1`): Ongoing processes writes one at a time per goods owner and
   lets parallel ones queue and time out. Goods owners run side by side in separate lanes.
-- An article command identical to the one last delivered for that article is skipped, not sent.
+- An article command identical to the one last delivered for that article is skipped, not sent (unless it is a
+  reconcile repair: reconcile found Ongoing's article differing from it).
 - An order waits (is not failed) until every article in its `article_numbers` has been delivered for the tenant;
   within one run it goes the moment its last article succeeds.
 - An order whose invoice already has a delivered order is skipped unless the command is `force`d.
@@ -24,7 +25,7 @@ from pipeline.clients.ongoing import WAREHOUSE_STARTED_STATUS, order_status
 from pipeline.config import TenantSettings
 from pipeline.errors import ApiError, AuthError, PermanentApiError
 from pipeline.eventlog.base import StoredEvent
-from pipeline.events import ArticleUpsertRequested, OrderUpsertRequested
+from pipeline.events import ArticleUpsertRequested, OrderUpsertRequested, ReconcileRecorded
 from pipeline.senders.base import Delivered, Fail, LaneView, Result, Skip, Stage
 
 
@@ -87,6 +88,7 @@ class OngoingStage(Stage):
             previous is not None
             and isinstance(previous.event, ArticleUpsertRequested)
             and previous.event.body == event.body
+            and not await repairs(view, command)
         ):
             return Skip(f"identical to the command at {previous.position}, which was delivered")
         answer = await target.put_article(event.body, attempts=attempts)
@@ -138,6 +140,15 @@ class OngoingStage(Stage):
                     return Skip(f"{started} (it refused the update: {exc.detail})")
             raise
         return Delivered({"orderId": answer.get("orderId"), "orderNumber": number}, answer.get("message"))
+
+
+async def repairs(view: LaneView, command: StoredEvent) -> bool:
+    """Whether `command` is a reconcile repair (caused by a `reconcile.recorded`): reconcile saw the target differ
+    from what was delivered, so a command identical to the delivered one must go all the same."""
+    if command.causation is None:
+        return False
+    cause = await view.log.get(command.causation)
+    return cause is not None and cause.type == ReconcileRecorded.TYPE
 
 
 def _started(order: dict[str, Any], number: str) -> str | None:

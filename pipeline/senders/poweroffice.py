@@ -3,7 +3,7 @@
 Same machinery as the Ongoing stage (`pipeline.senders.base`; checkpoint `sender.poweroffice` per tenant): one
 pending command per product, outcomes recorded with the checkpoint, permanent failures quarantine the product
 only (e.g. PowerOffice refusing stock on a product that is not a stock item), a value equal to the one last
-delivered for the product is skipped.
+delivered for the product is skipped (unless it is a reconcile repair).
 
 Pacing is **not** done here. Every request goes through the PowerOffice client, whose one limiter per
 subscription key (shared with the pollers and fair across tenants) decides when it may start. This stage only
@@ -21,6 +21,7 @@ from pipeline.config import TenantSettings
 from pipeline.eventlog.base import StoredEvent
 from pipeline.events import StockPatchRequested
 from pipeline.senders.base import Delivered, Fail, LaneView, Result, Skip, Stage
+from pipeline.senders.ongoing import repairs
 
 
 class StockTarget(Protocol):
@@ -59,6 +60,7 @@ class StockBackStage(Stage):
             previous is not None
             and isinstance(previous.event, StockPatchRequested)
             and (previous.event.product_id, previous.event.value) == (event.product_id, event.value)
+            and not await repairs(view, command)
         ):
             return Skip(f"StockOnHand {event.value:g} was delivered already (command at {previous.position})")
         await self.target(view.tenant).patch_stock_on_hand(event.product_id, event.value, attempts=attempts)
