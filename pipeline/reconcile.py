@@ -199,7 +199,7 @@ def same(ours: Any, theirs: Any, *, fold_case: bool = False) -> bool:
     """Whether two leaf values mean the same: numbers within TOLERANCE (also a number sent as text), text without
     surrounding blanks (case folded when asked), and null equal to empty text."""
     if isinstance(ours, bool) or isinstance(theirs, bool):
-        return ours is theirs or ours == theirs
+        return ours is theirs
     if isinstance(ours, int | float) and isinstance(theirs, int | float | str):
         try:
             return math.isclose(float(ours), float(theirs), rel_tol=0, abs_tol=TOLERANCE)

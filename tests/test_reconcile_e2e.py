@@ -77,3 +77,118 @@ async def test_after_a_sync_both_systems_agree_and_the_run_is_recorded(world: Wo
     assert event.requests == t.requests
     assert event.requests["poweroffice"] > 0
     assert event.requests["ongoing"] > 0
+
+
+def tenant_of(world: World) -> FakeTenant:
+    return world.tenants[0]
+
+
+def pick_articles(world: World, t: FakeTenant) -> tuple[str, str, dict[str, Any]]:
+    """Two synced article numbers with names, and a stock item product with an article (all different)."""
+    owner = world.ongoing.owner(t.goods_owner_id)
+    stock_item = next(
+        p for p in t.company.products.values() if p.get("IsStockItem") and str(p.get("Code") or "") in owner.articles
+    )
+    named = [n for n, a in sorted(owner.articles.items()) if a.model.get("articleName") and n != stock_item["Code"]]
+    return named[0], named[1], stock_item
+
+
+async def break_things(world: World, t: FakeTenant, *, unrepairable: bool) -> dict[str, Any]:
+    """Make each kind of difference once; returns what was done, for the assertions."""
+    g = t.goods_owner_id
+    edited, deleted, stock_item = pick_articles(world, t)
+    po_name = world.ongoing.article(g, edited)["articleName"]  # type: ignore[index]
+    world.ongoing.edit_article(g, edited, articleName="Edited by hand")
+    world.ongoing.delete_article(g, deleted)
+    world.poweroffice.set_stock(t.client_key, stock_item["Code"], 5)
+    orders = sorted(world.ongoing.owner(g).orders)
+    assert len(orders) >= 2, "the generated company should have at least two orders"
+    world.ongoing.delete_order(g, orders[0])
+    done: dict[str, Any] = {
+        "edited": (edited, po_name),
+        "deleted": deleted,
+        "stock": (stock_item["Code"], world.ongoing.article(g, stock_item["Code"])["inventoryInfo"]["numberOfItems"]),  # type: ignore[index]
+        "missing_order": orders[0],
+    }
+    if unrepairable:
+        world.ongoing.add_article(g, "WAREHOUSE-ONLY", "Pallet wrap")
+        started = world.ongoing.owner(g).orders[orders[1]]
+        ours = started.model["orderInfo"]["deliveryDate"]
+        started.model["orderInfo"]["deliveryDate"] = "2031-01-01"
+        world.ongoing.set_order_status(g, orders[1], 300)
+        done["started"] = (orders[1], ours)
+    return done
+
+
+async def test_each_difference_is_reported_once_with_its_fields(world: World, tmp_path: Path) -> None:
+    settings = settings_for(world, tmp_path)
+    t = tenant_of(world)
+    await sync(settings)
+    done = await break_things(world, t, unrepairable=True)
+
+    report = await reconcile.run(settings)
+
+    assert report.exit_code == 1
+    edited, po_name = done["edited"]
+    different = by_issue(report, "products", "different")
+    assert set(different) == {edited}
+    assert fields(different[edited]) == {"articleName": (po_name, "Edited by hand")}
+    assert set(by_issue(report, "products", "missing")) == {done["deleted"]}
+    assert set(by_issue(report, "products", "only_in_ongoing")) == {"WAREHOUSE-ONLY"}
+    assert set(by_issue(report, "orders", "missing")) == {done["missing_order"]}
+    assert by_issue(report, "orders", "different") == {}
+    started_number, ours = done["started"]
+    started = by_issue(report, "orders", "started")
+    assert set(started) == {started_number}
+    assert fields(started[started_number]) == {"deliveryDate": (ours, "2031-01-01")}
+    code, figure = done["stock"]
+    stock = by_issue(report, "stock", "different")
+    assert set(stock) == {code}
+    assert fields(stock[code]) == {"StockOnHand": (5, figure)}
+    # A dry run appends the record and nothing else.
+    assert all(r.appended == 0 for r in report.tenants.values())
+
+
+async def test_repair_fixes_what_it_may_and_leaves_the_rest(world: World, tmp_path: Path) -> None:
+    settings = settings_for(world, tmp_path)
+    t = tenant_of(world)
+    await sync(settings)
+    done = await break_things(world, t, unrepairable=True)
+    g = t.goods_owner_id
+    writes_before = len(world.ongoing.writes(g))
+
+    report = await reconcile.run(settings, repair=True)
+    assert report.tenants[t.name].appended == 4  # edited, deleted, missing order, stock; not the other two
+    assert len(world.ongoing.writes(g)) == writes_before  # reconcile itself writes nothing
+    await sync(settings)
+
+    after = await reconcile.run(settings)
+    left = {(d.kind, d.issue, d.key) for d in after.tenants[t.name].differences}
+    assert left == {("products", "only_in_ongoing", "WAREHOUSE-ONLY"), ("orders", "started", done["started"][0])}
+    assert world.ongoing.article(g, "WAREHOUSE-ONLY") is not None
+    assert world.ongoing.order(g, done["started"][0])["orderInfo"]["deliveryDate"] == "2031-01-01"  # type: ignore[index]
+    assert world.ongoing.creations(g, done["missing_order"]) == 2  # created again, once
+
+
+async def test_after_repair_and_a_cycle_the_next_reconcile_agrees(world: World, tmp_path: Path) -> None:
+    settings = settings_for(world, tmp_path)
+    t = tenant_of(world)
+    await sync(settings)
+    await break_things(world, t, unrepairable=False)
+    assert (await reconcile.run(settings)).exit_code == 1
+
+    repaired = await reconcile.run(settings, repair=True)
+    assert repaired.tenants[t.name].appended == 4
+    await sync(settings)
+
+    again = await reconcile.run(settings)
+    assert [d.as_json() for d in again.tenants[t.name].differences] == []
+    assert again.exit_code == 0
+    async with await SqliteEventLog.open(settings.database) as log:
+        records = [e.event async for e in log.read(types=[ReconcileRecorded.TYPE])]
+        assert [r.agreed for r in records if isinstance(r, ReconcileRecorded)] == [False, False, True]
+        # Each repair command names the reconcile record as its cause.
+        record_position = repaired.tenants[t.name].record_position
+        assert record_position is not None
+        caused = await log.caused_by([record_position])
+        assert len(caused) == 4
