@@ -233,9 +233,13 @@ def compare_article(body: Mapping[str, Any], article: Mapping[str, Any]) -> list
 
 
 def compare_products(
-    mapped: Mapping[str, ArticleUpsertRequested], articles: Mapping[str, Mapping[str, Any]]
+    mapped: Mapping[str, ArticleUpsertRequested],
+    articles: Mapping[str, Mapping[str, Any]],
+    *,
+    only_in_ongoing: bool = True,
 ) -> KindResult:
-    """Mapped products (article number → its command) against Ongoing's articles (article number → model)."""
+    """Mapped products (article number → its command) against Ongoing's articles (article number → model).
+    `only_in_ongoing=False` leaves out the articles without a product (for comparing one page at a time)."""
     result = KindResult("products", checked=len(mapped))
     for number in sorted(mapped):
         command = mapped[number]
@@ -247,8 +251,9 @@ def compare_products(
         fields = compare_article(command.body, article)
         if fields:
             result.differences.append(Difference("products", number, "different", tuple(fields), command, entity))
-    for number in sorted(set(articles) - set(mapped)):
-        result.differences.append(Difference("products", number, "only_in_ongoing"))
+    if only_in_ongoing:
+        for number in sorted(set(articles) - set(mapped)):
+            result.differences.append(Difference("products", number, "only_in_ongoing"))
     return result
 
 
@@ -414,19 +419,6 @@ def _balance_changed(stored: StoredEvent) -> datetime:
 # I/O
 
 
-async def fetch_products(po: TenantPowerOffice) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
-    """Every PowerOffice product and product group (by Id) of the tenant, page by page."""
-    products: list[dict[str, Any]] = []
-    groups: dict[int, dict[str, Any]] = {}
-    async for page in po.product_groups():
-        for g in page:
-            if isinstance(g.get("Id"), int):
-                groups[g["Id"]] = g
-    async for page in po.products():
-        products.extend(page)
-    return products, groups
-
-
 async def fetch_articles(wms: TenantOngoing, page_size: int) -> dict[str, dict[str, Any]]:
     """Every Ongoing article of the goods owner, by article number (paged by `articleSystemIdFrom`)."""
     out: dict[str, dict[str, Any]] = {}
@@ -487,18 +479,46 @@ async def reconcile_tenant(
     window = await orders_window(log, tenant, since)
     po, wms = sides.poweroffice(tenant), sides.ongoing(tenant)
     needs_products = "products" in kinds or "stock" in kinds
-    products: list[dict[str, Any]] = []
-    groups: dict[int, dict[str, Any]] = {}
     articles: dict[str, dict[str, Any]] = {}
+    articles_read = anyio.Event()
     orders: list[dict[str, Any]] = []
-
-    async def read_poweroffice() -> None:
-        nonlocal products, groups
-        products, groups = await fetch_products(po)
+    products_result = KindResult("products")
+    stock_result = KindResult("stock")
+    numbers: set[str] = set()
 
     async def read_articles() -> None:
         nonlocal articles
         articles = await fetch_articles(wms, sides.article_page_size)
+        articles_read.set()
+
+    async def read_poweroffice() -> None:
+        # Pages are compared as they arrive, while the limiter holds the next request back: the comparison's
+        # work hides in the waits the key's limit imposes anyway.
+        groups: dict[int, dict[str, Any]] = {}
+        async for page in po.product_groups():
+            groups.update((g["Id"], g) for g in page if isinstance(g.get("Id"), int))
+        send, receive = anyio.create_memory_object_stream[list[dict[str, Any]]](4)
+
+        async def produce() -> None:
+            async with send:
+                async for page in po.products():
+                    await send.send(page)
+
+        async with anyio.create_task_group() as inner:
+            inner.start_soon(produce)
+            async with receive:
+                async for page in receive:
+                    await articles_read.wait()
+                    if "products" in kinds:
+                        mapped, _unmapped = map_products(page, groups, tenant)
+                        numbers.update(mapped)
+                        part = compare_products(mapped, articles, only_in_ongoing=False)
+                        products_result.checked += part.checked
+                        products_result.differences.extend(part.differences)
+                    if "stock" in kinds:
+                        part = compare_stock(page, articles, tenant)
+                        stock_result.checked += part.checked
+                        stock_result.differences.extend(part.differences)
 
     async def read_orders() -> None:
         nonlocal orders
@@ -513,15 +533,18 @@ async def reconcile_tenant(
             tg.start_soon(read_orders)
 
     if "products" in kinds:
-        mapped, _unmapped = map_products(products, groups, tenant)
-        result.kinds["products"] = compare_products(mapped, articles)
+        for number in sorted(set(articles) - numbers):
+            products_result.differences.append(Difference("products", number, "only_in_ongoing"))
+        products_result.differences.sort(key=lambda d: (d.issue == "only_in_ongoing", d.key))
+        result.kinds["products"] = products_result
     if "orders" in kinds:
         state = await Projection.load(log, tenant)
         latest = await log.latest([InvoiceObserved.TYPE], tenant=tenant.name)
         invoices = sorted(latest.values(), key=lambda e: e.position)
         result.kinds["orders"] = compare_orders(map_orders(state, invoices, window), orders)
     if "stock" in kinds:
-        result.kinds["stock"] = compare_stock(products, articles, tenant)
+        stock_result.differences.sort(key=lambda d: d.key)
+        result.kinds["stock"] = stock_result
     return result, window
 
 

@@ -3,6 +3,8 @@ fields; `--repair` fixes what it may through the normal senders; the next reconc
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -192,3 +194,30 @@ async def test_after_repair_and_a_cycle_the_next_reconcile_agrees(world: World, 
         assert record_position is not None
         caused = await log.caused_by([record_position])
         assert len(caused) == 4
+
+
+async def test_requests_per_side_are_pages_plus_a_small_constant(tmp_path: Path) -> None:
+    async with fake_world(1, products=230, customers=5, invoices=5, now=NOW, requests_per_second=500) as w:
+        base = settings_for(w, tmp_path)
+        settings = dataclasses.replace(
+            base,
+            poweroffice=dataclasses.replace(base.poweroffice, page_size=50),
+            ongoing=dataclasses.replace(base.ongoing, page_size=50),
+        )
+        t = w.tenants[0]
+        for product in t.company.products.values():
+            w.ongoing.add_article(t.goods_owner_id, str(product["Code"]), str(product.get("Name") or ""))
+        po_before, wms_before = len(w.poweroffice.requests_of(t.client_key)), len(w.ongoing.requests)
+
+        report = await reconcile.run(settings, kinds=["products", "stock"])
+
+        n = len(t.company.products)
+        pages = math.ceil(n / 50)
+        requests = report.tenants[t.name].requests
+        # PowerOffice: the product pages (+1 when the last is full), one page of groups, one token.
+        assert requests["poweroffice"] <= pages + 3
+        assert requests["ongoing"] <= pages + 1
+        # The counter agrees with what the fakes saw (the token call is not logged per client key).
+        assert len(w.ongoing.requests) - wms_before == requests["ongoing"]
+        assert len(w.poweroffice.requests_of(t.client_key)) - po_before <= requests["poweroffice"]
+        assert report.tenants[t.name].kinds["products"].checked == n
