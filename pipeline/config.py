@@ -106,6 +106,9 @@ class Settings:
     # `pipeline run` serves /healthz, /metrics and a status page here (port 0: any free port).
     status_host: str = "127.0.0.1"
     status_port: int = 8765
+    # `pipeline run` reconciles each tenant this often (0: never), repairing only when `reconcile_repair`.
+    reconcile_every_hours: float = 24.0
+    reconcile_repair: bool = False
 
     def tenant(self, name: str) -> TenantSettings:
         for t in self.tenants:
@@ -292,6 +295,7 @@ def _kind(value: object) -> str:
 
 
 _TOP = {"database", "interval_seconds", "status_host", "status_port", "poweroffice", "ongoing", "tenants"}
+_TOP |= {"reconcile_every_hours", "reconcile_repair"}
 _PO = {
     "api_url",
     "token_url",
@@ -337,6 +341,8 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
     status_port = c.integer("", raw, "status_port", 8765, minimum=0)
     if status_port > 65535:
         c.problem("status_port", f"expected a port number up to 65535, got {status_port}")
+    reconcile_every_hours = c.number("", raw, "reconcile_every_hours", 24.0, minimum=0)
+    reconcile_repair = c.boolean("", raw, "reconcile_repair", False)
 
     po_raw = c.table("", raw, "poweroffice")
     c.unknown("poweroffice", po_raw, _PO)
@@ -430,6 +436,8 @@ def parse_settings(raw: Mapping[str, Any], *, base: Path, env: Mapping[str, str]
         source=None,
         status_host=status_host,
         status_port=status_port,
+        reconcile_every_hours=reconcile_every_hours,
+        reconcile_repair=reconcile_repair,
     )
 
 

@@ -153,6 +153,9 @@ class TenantState:
     next_cycle: datetime | None = None
     cycles: int = 0
     failed_cycles: int = 0
+    # The last scheduled reconcile (`run` only): differences per kind, and when.
+    reconcile_differences: dict[str, int] | None = None
+    last_reconciled: datetime | None = None
 
     @property
     def failing(self) -> bool:
@@ -340,8 +343,11 @@ class Runtime:
         def expired() -> bool:
             return stop.is_set() or anyio.current_time() >= deadline_at
 
+        reconciled: dict[str, int] | None = None
         try:
             await self.tenant_cycle(tenant, report, expired=expired, stopping=stop.is_set, progress=progress)
+            if self.command == "run" and not stop.is_set():
+                reconciled = await self.reconcile_if_due(tenant)
         except Exception as exc:
             fatal = fatal_error(exc)
             if fatal is not None:
@@ -369,8 +375,40 @@ class Runtime:
             cycles=before.cycles + 1,
             failed_cycles=before.failed_cycles + failed,
         )
+        if reconciled is not None:
+            state = dataclasses.replace(state, reconcile_differences=reconciled, last_reconciled=ended)
         self.states[name] = state
         return state
+
+    async def reconcile_if_due(self, tenant: TenantSettings) -> dict[str, int] | None:
+        """Reconcile `tenant` (`pipeline.reconcile`) when its last `reconcile.recorded` is older than
+        `reconcile_every_hours` (0: never); repairs only with `reconcile_repair`. Returns the differences per kind,
+        or None when none was due."""
+        from pipeline.events import ReconcileRecorded
+        from pipeline.reconcile import Sides, reconcile
+
+        every = self.settings.reconcile_every_hours
+        if every <= 0:
+            return None
+        found = await self.log.latest([ReconcileRecorded.TYPE], tenant=tenant.name, entity="reconcile")
+        last = found.get((tenant.name, "reconcile"))
+        if last is not None and self.clock() - last.recorded_at < timedelta(hours=every):
+            return None
+        sides = Sides(self.poweroffice.for_tenant, self.ongoing.for_tenant)
+        repair = self.settings.reconcile_repair
+        report = await reconcile(
+            self.log, self.settings, sides, tenant=tenant.name, repair=repair, by=f"pipeline {self.command}"
+        )
+        result = report.tenants[tenant.name]
+        counts = {kind: len(r.differences) for kind, r in result.kinds.items()}
+        if result.error:
+            log.warning("%s: reconcile could not read a side: %s", tenant.name, result.error)
+        elif not result.agreed:
+            shown = ", ".join(f"{kind} {n}" for kind, n in counts.items() if n)
+            log.warning(
+                "%s: reconcile found differences: %s (repairs appended: %d)", tenant.name, shown, result.appended
+            )
+        return counts
 
     # -- one tenant's cycle ------------------------------------------------------------------------------------
 

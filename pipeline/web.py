@@ -50,6 +50,12 @@ class Metrics:
             ["tenant"],
             registry=r,
         )
+        self.reconcile_differences = Gauge(
+            "pipeline_reconcile_differences",
+            "Differences the last scheduled reconcile found between PowerOffice and Ongoing",
+            ["tenant", "kind"],
+            registry=r,
+        )
 
 
 class Status:
@@ -86,6 +92,8 @@ class Status:
             m.cycles_failed.labels(t.name).inc()
         if state.last_success is not None:
             m.last_success.labels(t.name).set(state.last_success.timestamp())
+        for kind, n in (state.reconcile_differences or {}).items():
+            m.reconcile_differences.labels(state.name, kind).set(n)
 
     def record(self, report: CycleReport, ended: datetime) -> None:
         """Record a cycle of every tenant (each tenant's state follows from its report)."""
@@ -162,6 +170,11 @@ def create_app(status: Status) -> web.Application:
             "<th>last cycle<th>last error<th>last success<th>next cycle<th>failed cycles"
             f"{rows}</table>"
         )
+        for state in status.tenants.values():
+            if state.reconcile_differences is not None:
+                found = ", ".join(f"{k} {n}" for k, n in state.reconcile_differences.items())
+                when = _when(state.last_reconciled)
+                page += f"<p>reconcile {html.escape(state.name)} at {when}: differences {html.escape(found)}</p>"
         return web.Response(text=page, content_type="text/html", status=200 if ok else 503)
 
     app = web.Application()
