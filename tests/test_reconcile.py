@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.config import Secret, TenantSettings
+from pipeline.config import Secret, TenantSettings, load_settings
+from pipeline.errors import ConfigError
 from pipeline.events import ArticleUpsertRequested, OrderUpsertRequested, StockPatchRequested
 from pipeline.reconcile import (
     FieldDiff,
@@ -227,3 +229,17 @@ def test_group_by_field() -> None:
         ("products", "customerPrice"): [("A2", 100.0, 1)],
         ("products", "only in Ongoing (left alone)"): [("W", None, None)],
     }
+
+
+def test_config_reconcile_schedule_defaults_values_and_problems(tmp_path: Path) -> None:
+    from tests.test_config import ENV, GOOD, write
+
+    default = load_settings(write(tmp_path, GOOD), env=ENV)
+    assert (default.reconcile_every_hours, default.reconcile_repair) == (24.0, False)
+    chosen = load_settings(write(tmp_path, "reconcile_every_hours = 0\nreconcile_repair = true\n" + GOOD), env=ENV)
+    assert (chosen.reconcile_every_hours, chosen.reconcile_repair) == (0.0, True)
+    with pytest.raises(ConfigError) as bad:
+        load_settings(write(tmp_path, 'reconcile_every_hours = -1\nreconcile_repair = "yes"\n' + GOOD), env=ENV)
+    text = str(bad.value)
+    assert "reconcile_every_hours" in text
+    assert "reconcile_repair" in text

@@ -4,6 +4,8 @@ fields; `--repair` fixes what it may through the normal senders; the next reconc
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from pipeline import reconcile
 from pipeline.config import Settings
@@ -221,3 +224,52 @@ async def test_requests_per_side_are_pages_plus_a_small_constant(tmp_path: Path)
         assert len(w.ongoing.requests) - wms_before == requests["ongoing"]
         assert len(w.poweroffice.requests_of(t.client_key)) - po_before <= requests["poweroffice"]
         assert report.tenants[t.name].kinds["products"].checked == n
+
+
+async def test_command_prints_the_summary_grouped_fields_and_json_and_exits_by_agreement(
+    world: World, tmp_path: Path
+) -> None:
+    from pipeline.cli import build_parser
+
+    args = build_parser().parse_args(["reconcile", "--kind", "products", "--repair", "--json", "--since", "2026-01-01"])
+    assert (args.kind, args.repair, args.json, args.since) == ("products", True, True, "2026-01-01")
+
+    settings = settings_for(world, tmp_path)
+    await sync(settings)
+    t = tenant_of(world)
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    assert (
+        await reconcile.command(
+            console, settings, tenant=None, kinds=reconcile.KINDS, since=None, repair=False, as_json=False
+        )
+        == 0
+    )
+    assert "PowerOffice and Ongoing agree" in out.getvalue()
+    assert "requests: ongoing" in out.getvalue()
+
+    number = sorted(world.ongoing.owner(t.goods_owner_id).articles)[0]
+    world.ongoing.edit_article(t.goods_owner_id, number, articleName="Edited by hand")
+    out.truncate(0)
+    code = await reconcile.command(
+        console, settings, tenant=t.name, kinds=["products"], since=None, repair=False, as_json=False
+    )
+    assert code == 1
+    text = out.getvalue()
+    assert f"{t.name} products articleName: 1" in text
+    assert f'{number}: "' in text
+    assert '"Edited by hand"' in text
+    assert "dry run" in text
+
+    out.truncate(0)
+    out.seek(0)
+    code = await reconcile.command(
+        console, settings, tenant=t.name, kinds=["products"], since=None, repair=False, as_json=True
+    )
+    assert code == 1
+    data = json.loads(out.getvalue())
+    assert data["agreed"] is False
+    [difference] = data["tenants"][t.name]["differences"]
+    assert difference["key"] == number
+    assert difference["fields"][0]["field"] == "articleName"
+    assert difference["fields"][0]["ongoing"] == "Edited by hand"
