@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("position", type=int)
     failures = what.add_parser("failures", help="quarantined entities and standing mapping failures")
     failures.add_argument("--tenant")
-    what.add_parser("stats", help="event counts per tenant and type")
+    stats = what.add_parser("stats", help="event counts per tenant and type; delivery freshness")
+    stats.add_argument("--since", metavar="T", help="freshness of deliveries since T (default: all)")
     sql = what.add_parser("sql", help="any read-only SQL against the log")
     sql.add_argument("query")
 
@@ -151,6 +152,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             )
         )
     if args.command == "audit":
+        if getattr(args, "since", None):
+            args.since = _time(args.since, "--since")
         return anyio.run(commands.audit, console, settings, args)
     if args.command == "redrive":
         return anyio.run(commands.redrive, console, settings, args.tenant, args.entity, args.reason)

@@ -42,6 +42,7 @@ from typing import Literal
 import aiohttp
 import anyio
 
+from pipeline import freshness
 from pipeline.clients.http import RetryPolicy
 from pipeline.clients.ongoing import OngoingClient
 from pipeline.clients.poweroffice import PowerOfficeClient
@@ -91,6 +92,8 @@ class TenantReport:
     cycle_error: str | None = None
     # The deadline (or a stop) came before the cycle's work was done; the rest continues next cycle.
     deadline_reached: bool = False
+    # (kind, seconds) per delivery of the cycle: answer time − the source's change time (`pipeline.freshness`).
+    freshness: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def result(self) -> Result:
@@ -345,7 +348,9 @@ class Runtime:
 
         reconciled: dict[str, int] | None = None
         try:
+            head = await self.log.max_position()
             await self.tenant_cycle(tenant, report, expired=expired, stopping=stop.is_set, progress=progress)
+            report.freshness = [(s.kind, s.seconds) for s in await freshness.after(self.log, name, head)]
             if self.command == "run" and not stop.is_set():
                 reconciled = await self.reconcile_if_due(tenant)
         except Exception as exc:

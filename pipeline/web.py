@@ -11,6 +11,7 @@ text) and `/` (status).
 from __future__ import annotations
 
 import html
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from pipeline.freshness import percentile
 from pipeline.runtime import CycleReport, TenantState
 from pipeline.serving import serve_app
 
@@ -56,6 +58,13 @@ class Metrics:
             ["tenant", "kind"],
             registry=r,
         )
+        self.freshness = Histogram(
+            "pipeline_freshness_seconds",
+            "Per delivery: the target's answer time minus the source's change time",
+            ["tenant", "kind"],
+            registry=r,
+            buckets=(10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600),
+        )
 
 
 class Status:
@@ -69,6 +78,8 @@ class Status:
         self.since = clock()
         self.tenants: dict[str, TenantState] = {}
         self.last_end: datetime | None = None
+        # The latest deliveries' freshness per tenant (seconds), for the p95 on the page.
+        self.recent_freshness: dict[str, deque[float]] = {}
 
     def record_tenant(self, state: TenantState) -> None:
         self.tenants[state.name] = state
@@ -94,6 +105,10 @@ class Status:
             m.last_success.labels(t.name).set(state.last_success.timestamp())
         for kind, n in (state.reconcile_differences or {}).items():
             m.reconcile_differences.labels(state.name, kind).set(n)
+        recent = self.recent_freshness.setdefault(t.name, deque(maxlen=1000))
+        for kind, seconds in t.freshness:
+            m.freshness.labels(t.name, kind).observe(seconds)
+            recent.append(seconds)
 
     def record(self, report: CycleReport, ended: datetime) -> None:
         """Record a cycle of every tenant (each tenant's state follows from its report)."""
@@ -175,6 +190,10 @@ def create_app(status: Status) -> web.Application:
                 found = ", ".join(f"{k} {n}" for k, n in state.reconcile_differences.items())
                 when = _when(state.last_reconciled)
                 page += f"<p>reconcile {html.escape(state.name)} at {when}: differences {html.escape(found)}</p>"
+        for name, recent in status.recent_freshness.items():
+            if recent:
+                p95 = percentile(list(recent), 0.95)
+                page += f"<p>freshness {html.escape(name)}: p95 {p95:.0f} s over the last {len(recent)} deliveries</p>"
         return web.Response(text=page, content_type="text/html", status=200 if ok else 503)
 
     app = web.Application()
