@@ -305,6 +305,22 @@ def compare_order(body: Mapping[str, Any], order: Mapping[str, Any]) -> list[Fie
     return out
 
 
+def unmatched_orders(
+    mapped: Mapping[str, OrderUpsertRequested], orders: Iterable[Mapping[str, Any]]
+) -> list[OrderUpsertRequested]:
+    """The mapped orders that no order in `orders` matches (by `goodsOwnerOrderId`, else by order number)."""
+    owner_ids, numbers = set(), set()
+    for order in orders:
+        info = order.get("orderInfo") or {}
+        owner_ids.add(str(info.get("goodsOwnerOrderId") or ""))
+        numbers.add(str(info.get("orderNumber") or ""))
+    return [
+        c
+        for invoice_id, c in sorted(mapped.items())
+        if invoice_id not in owner_ids and str(c.body.get("orderNumber") or "") not in numbers
+    ]
+
+
 def compare_orders(mapped: Mapping[str, OrderUpsertRequested], orders: Iterable[Mapping[str, Any]]) -> KindResult:
     """Mapped invoices (invoice id → order command) against Ongoing's orders, matched by `goodsOwnerOrderId`
     (else by order number). An order the warehouse has started is reported when it differs, never repaired."""
@@ -541,7 +557,13 @@ async def reconcile_tenant(
         state = await Projection.load(log, tenant)
         latest = await log.latest([InvoiceObserved.TYPE], tenant=tenant.name)
         invoices = sorted(latest.values(), key=lambda e: e.position)
-        result.kinds["orders"] = compare_orders(map_orders(state, invoices, window), orders)
+        mapped_orders = map_orders(state, invoices, window)
+        # An order created before the window (less the margin) is not in the listing: look the unmatched ones up
+        # by number, so that "missing" means missing.
+        unmatched = [str(c.body.get("orderNumber")) for c in unmatched_orders(mapped_orders, orders)]
+        if unmatched:
+            orders = orders + await wms.orders_by_numbers(unmatched)
+        result.kinds["orders"] = compare_orders(mapped_orders, orders)
     if "stock" in kinds:
         stock_result.differences.sort(key=lambda d: d.key)
         result.kinds["stock"] = stock_result

@@ -19,6 +19,7 @@ from pipeline.reconcile import (
     compare_stock,
     group_by_field,
     same,
+    unmatched_orders,
 )
 
 TENANT = TenantSettings("acme", Secret("k"), ongoing_goods_owner_id=7)
@@ -243,3 +244,15 @@ def test_config_reconcile_schedule_defaults_values_and_problems(tmp_path: Path) 
     text = str(bad.value)
     assert "reconcile_every_hours" in text
     assert "reconcile_repair" in text
+
+
+def test_unmatched_orders_by_goods_owner_order_id_or_number() -> None:
+    def command(invoice: str, number: str) -> OrderUpsertRequested:
+        return OrderUpsertRequested({"orderNumber": number, "goodsOwnerOrderId": invoice}, invoice)
+
+    mapped = {"i1": command("i1", "1"), "i2": command("i2", "2"), "i3": command("i3", "3")}
+    orders = [
+        {"orderInfo": {"goodsOwnerOrderId": "i1", "orderNumber": "renumbered"}},
+        {"orderInfo": {"goodsOwnerOrderId": None, "orderNumber": "2"}},
+    ]
+    assert [c.invoice_id for c in unmatched_orders(mapped, orders)] == ["i3"]

@@ -273,3 +273,22 @@ async def test_command_prints_the_summary_grouped_fields_and_json_and_exits_by_a
     assert difference["key"] == number
     assert difference["fields"][0]["field"] == "articleName"
     assert difference["fields"][0]["ongoing"] == "Edited by hand"
+
+
+async def test_an_order_created_before_the_window_is_found_by_number_not_reported_missing(
+    world: World, tmp_path: Path
+) -> None:
+    settings = settings_for(world, tmp_path)
+    await sync(settings)
+    t = tenant_of(world)
+    orders = world.ongoing.owner(t.goods_owner_id).orders
+    old = sorted(orders)[0]
+    orders[old].model["orderInfo"]["createdDate"] = "2001-01-01T00:00:00.000Z"  # outside the created-from listing
+    before = len(world.ongoing.requests)
+
+    report = await reconcile.run(settings, kinds=["orders"])
+
+    assert report.exit_code == 0, [d.as_json() for d in report.tenants[t.name].differences]
+    looked_up = [r for r in world.ongoing.requests[before:] if "orderNumbers=" in r.query]
+    assert len(looked_up) == 1
+    assert f"orderNumbers={old}" in looked_up[0].query
