@@ -85,9 +85,9 @@ def summarize(samples: Iterable[Sample]) -> list[tuple[str, str, int, float, flo
                 tenant,
                 kind,
                 len(values),
-                round(percentile(values, 0.5), 3),
-                round(percentile(values, 0.95), 3),
-                round(max(values), 3),
+                round(percentile(values, 0.5), 1),
+                round(percentile(values, 0.95), 1),
+                round(max(values), 1),
             )
         )
     return rows

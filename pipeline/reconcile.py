@@ -674,9 +674,14 @@ def print_report(console: Console, report: ReconcileReport, *, as_json: bool = F
     if as_json:
         console.print_json(orjson.dumps(report.as_json()).decode())
         return
-    table = Table(title=f"reconcile {report.started:%Y-%m-%d %H:%M:%S} UTC")
-    for column in ("tenant", "kind", "checked", "agree", *ISSUES):
-        table.add_column(column, justify="left" if column in ("tenant", "kind") else "right")
+    table = Table(title=f"reconcile {report.started:%Y-%m-%d %H:%M:%S} UTC", pad_edge=False)
+    width = max((len(name) for name in report.tenants), default=6)
+    table.add_column("tenant", no_wrap=True, min_width=max(6, width))
+    table.add_column("kind", no_wrap=True, min_width=8)
+    headers = {"different": "differs", "only_in_ongoing": "only in Ongoing"}
+    for column in ("checked", "agree", *ISSUES):
+        header = headers.get(column, column)
+        table.add_column(header, justify="right", min_width=max(len(w) for w in header.split()))
     for name, t in report.tenants.items():
         if t.error:
             table.add_row(name, "[red]error[/red]", *([""] * (2 + len(ISSUES))))
