@@ -541,12 +541,15 @@ async def reconcile_tenant(
         created_from = window - ORDER_CLOCK_MARGIN if window is not None else None
         orders = await fetch_orders(wms, created_from, sides.order_page_size)
 
-    async with anyio.create_task_group() as tg:
-        if needs_products:
-            tg.start_soon(read_poweroffice)
-            tg.start_soon(read_articles)
-        if "orders" in kinds:
-            tg.start_soon(read_orders)
+    try:
+        async with anyio.create_task_group() as tg:
+            if needs_products:
+                tg.start_soon(read_poweroffice)
+                tg.start_soon(read_articles)
+            if "orders" in kinds:
+                tg.start_soon(read_orders)
+    except BaseExceptionGroup as group:  # the caller sees the side's own error, not the task group's wrapping
+        raise _first_error(group) from None
 
     if "products" in kinds:
         for number in sorted(set(articles) - numbers):
@@ -656,6 +659,12 @@ async def _record(
             )
         )
     result.appended = (await log.append(out)).appended
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _who() -> str:

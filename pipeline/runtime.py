@@ -387,8 +387,8 @@ class Runtime:
 
     async def reconcile_if_due(self, tenant: TenantSettings) -> dict[str, int] | None:
         """Reconcile `tenant` (`pipeline.reconcile`) when its last `reconcile.recorded` is older than
-        `reconcile_every_hours` (0: never); repairs only with `reconcile_repair`. Returns the differences per kind,
-        or None when none was due."""
+        `reconcile_every_hours` (0: never) or could not read a side; repairs only with `reconcile_repair`. Returns
+        the differences per kind, or None when none was due."""
         from pipeline.events import ReconcileRecorded
         from pipeline.reconcile import Sides, reconcile
 
@@ -397,8 +397,9 @@ class Runtime:
             return None
         found = await self.log.latest([ReconcileRecorded.TYPE], tenant=tenant.name, entity="reconcile")
         last = found.get((tenant.name, "reconcile"))
-        if last is not None and self.clock() - last.recorded_at < timedelta(hours=every):
-            return None
+        failed = last is not None and isinstance(last.event, ReconcileRecorded) and last.event.error is not None
+        if last is not None and not failed and self.clock() - last.recorded_at < timedelta(hours=every):
+            return None  # (one that could not read a side is tried again next cycle)
         sides = Sides(self.poweroffice.for_tenant, self.ongoing.for_tenant)
         repair = self.settings.reconcile_repair
         report = await reconcile(

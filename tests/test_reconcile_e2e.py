@@ -19,6 +19,7 @@ from pipeline import reconcile
 from pipeline.config import Settings
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import ReconcileRecorded
+from pipeline.fakes.faults import Fault
 from pipeline.fakes.world import FakeTenant, World, fake_world
 from pipeline.runtime import Runtime
 
@@ -292,3 +293,25 @@ async def test_an_order_created_before_the_window_is_found_by_number_not_reporte
     looked_up = [r for r in world.ongoing.requests[before:] if "orderNumbers=" in r.query]
     assert len(looked_up) == 1
     assert f"orderNumbers={old}" in looked_up[0].query
+
+
+async def test_a_side_that_cannot_be_read_is_reported_and_recorded_and_the_run_exits_1(
+    world: World, tmp_path: Path
+) -> None:
+    settings = settings_for(world, tmp_path)
+    await sync(settings)
+    t = tenant_of(world)
+    world.ongoing.faults.add(Fault("status", status=403), method="GET", path="/articles", times=None)
+
+    report = await reconcile.run(settings, repair=True)
+
+    result = report.tenants[t.name]
+    assert report.exit_code == 1
+    assert result.error is not None
+    assert "403" in result.error
+    assert result.appended == 0  # nothing is repaired from half a picture
+    async with await SqliteEventLog.open(settings.database) as log:
+        [stored] = [e async for e in log.read(types=[ReconcileRecorded.TYPE])]
+    assert isinstance(stored.event, ReconcileRecorded)
+    assert stored.event.error == result.error
+    assert stored.event.agreed is False

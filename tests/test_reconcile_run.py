@@ -13,6 +13,7 @@ from rich.console import Console
 
 from pipeline.commands import run_forever
 from pipeline.config import Settings
+from pipeline.eventlog.base import NewEvent
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import ReconcileRecorded
 from pipeline.fakes.world import World, fake_world
@@ -148,3 +149,26 @@ async def _get(status: Status, path: str) -> str:
     async with TestClient(TestServer(create_app(status))) as client:
         response = await client.get(path)
         return await response.text()
+
+
+async def test_a_reconcile_that_could_not_read_a_side_is_tried_again_next_cycle(tmp_path: Path) -> None:
+    async with fake_world(1, products=5, customers=3, invoices=5, now=NOW, requests_per_second=1000) as world:
+        settings = settings_for(world, tmp_path)
+        t = world.tenants[0]
+        async with await SqliteEventLog.open(settings.database, clock=fixed_clock) as log:
+            failed = ReconcileRecorded(
+                by="pipeline run",
+                kinds=["products"],
+                window_from=None,
+                mapping_version=1,
+                repair=False,
+                agreed=False,
+                counts={},
+                error="ApiError: Ongoing answered 503",
+            )
+            await log.append([NewEvent(t.name, "reconcile", failed, "earlier-failure")])
+        status = Status(settings.interval_seconds, fixed_clock)
+        states = await run_cycles(settings, 1, status)
+        found = await records(settings)
+        assert [r.error is None for r in found] == [False, True]  # within the 24 h, but the last one failed
+        assert states[0].reconcile_differences == {"products": 0, "orders": 0, "stock": 0}
