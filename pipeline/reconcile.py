@@ -43,7 +43,7 @@ from rich.table import Table
 from pipeline.clients.ongoing import WAREHOUSE_STARTED_STATUS, TenantOngoing, order_status
 from pipeline.clients.poweroffice import TenantPowerOffice, parse_timestamp
 from pipeline.config import Settings, TenantSettings
-from pipeline.errors import ApiError, MappingError
+from pipeline.errors import ApiError, MappingError, PermanentApiError
 from pipeline.eventlog.base import EventLog, NewEvent, StoredEvent
 from pipeline.events import (
     ArticleUpsertRequested,
@@ -52,8 +52,10 @@ from pipeline.events import (
     OrderUpsertRequested,
     ReconcileRecorded,
     StockPatchRequested,
+    to_dict,
 )
-from pipeline.mapping import MAPPING_VERSION, map_product, map_stock, product_excluded
+from pipeline.mapping import MAPPING_VERSION, invoice_wants_order, map_product, map_stock, product_excluded
+from pipeline.pollers.poweroffice import dedupe_key as poller_dedupe_key
 from pipeline.projectors.commands import Projection, project_event
 
 Kind = Literal["products", "orders", "stock"]
@@ -84,6 +86,8 @@ class Difference:
     # The command that would bring the target in line (None when it must not be repaired).
     repair: Event | None = None
     entity: str | None = None
+    # The repair's dedupe key when it is not reconcile's own (an observation gets the poller's key).
+    dedupe_key: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -453,6 +457,72 @@ async def fetch_orders(wms: TenantOngoing, created_from: datetime | None, page_s
     return out
 
 
+async def fetch_invoices(po: TenantPowerOffice, since: datetime | None) -> list[dict[str, Any]]:
+    """PowerOffice's outgoing invoices whose balance changed at or after `since` (all when None), page by page."""
+    after = since - timedelta(microseconds=1) if since is not None else None  # the filter is a strict `>`
+    out: list[dict[str, Any]] = []
+    async for page in po.outgoing_invoices(balance_changed_after=after):
+        out.extend(i for i in page if isinstance(i.get("Id"), str | int))
+    return out
+
+
+async def observe_invoices(po: TenantPowerOffice, invoices: Sequence[dict[str, Any]]) -> list[InvoiceObserved]:
+    """Full observations (lines, customer, the customer's delivery addresses) of `invoices`, shaped as the poller
+    shapes them, for the few would-be orders the log does not hold. An invoice whose lines are gone is left out."""
+    if not invoices:
+        return []
+    numbers = {i["CustomerNo"] for i in invoices if isinstance(i.get("CustomerNo"), int)}
+    customers = await po.customers_by_numbers(numbers) if numbers else []
+    by_number = {c["Number"]: c for c in customers if c.get("Number") is not None}
+    addresses = await po.delivery_addresses(c["Id"] for c in customers) if customers else []
+    by_contact: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for address in addresses:
+        by_contact[address.get("ContactId", -1)].append(address)
+    out = []
+    for invoice in invoices:
+        try:
+            lines = await po.invoice_lines(str(invoice["Id"]))
+        except PermanentApiError as exc:
+            if exc.status == 404:
+                continue
+            raise
+        customer = by_number.get(invoice.get("CustomerNo"))
+        found = by_contact.get(customer["Id"], []) if customer else []
+        delivery = sorted(found, key=lambda a: (not a.get("IsPrimary"), a.get("Id") or 0))
+        out.append(InvoiceObserved(invoice=invoice, lines=lines, customer=customer, delivery_addresses=delivery))
+    return out
+
+
+def unobserved(
+    live: Iterable[dict[str, Any]], latest: Mapping[str, StoredEvent], tenant: TenantSettings
+) -> list[dict[str, Any]]:
+    """The live invoices that would become orders but whose newest observation in the log (`latest`, by entity) is
+    missing or shows another header: the log is behind PowerOffice for them."""
+    out = []
+    for invoice in live:
+        try:
+            if invoice_wants_order(invoice, tenant) is not None:
+                continue
+        except MappingError:
+            continue
+        stored = latest.get(f"invoice:{invoice['Id']}")
+        if stored is None or not isinstance(stored.event, InvoiceObserved) or stored.event.invoice != invoice:
+            out.append(invoice)
+    return out
+
+
+def observation_key(tenant: str, event: InvoiceObserved) -> str:
+    """The poller's dedupe key for this observation, so its next read of the same record adds nothing."""
+    raw = event.invoice.get("BalanceLastChangedDateTimeOffset")
+    changed: str | None = None
+    if isinstance(raw, str):
+        try:
+            changed = parse_timestamp(raw).isoformat()
+        except ValueError:
+            changed = None
+    return poller_dedupe_key(tenant, f"invoice:{event.invoice['Id']}", changed, to_dict(event))
+
+
 async def orders_window(log: EventLog, tenant: TenantSettings, since: datetime | None) -> datetime | None:
     """Where the orders comparison starts: `--since`, else the tenant's `orders_since`, else the invoice floor the
     poller stored (`poweroffice.invoices.since`, else the first cycle's start). None: every invoice in the log."""
@@ -489,6 +559,7 @@ async def reconcile_tenant(
     *,
     kinds: Sequence[Kind] = KINDS,
     since: datetime | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> tuple[TenantResult, datetime | None]:
     """Read both sides for one tenant and compare. Appends nothing. Raises ApiError when a side fails."""
     result = TenantResult(tenant.name)
@@ -541,6 +612,12 @@ async def reconcile_tenant(
         created_from = window - ORDER_CLOCK_MARGIN if window is not None else None
         orders = await fetch_orders(wms, created_from, sides.order_page_size)
 
+    live_invoices: list[dict[str, Any]] = []
+
+    async def read_invoices() -> None:
+        nonlocal live_invoices
+        live_invoices = await fetch_invoices(po, window)
+
     try:
         async with anyio.create_task_group() as tg:
             if needs_products:
@@ -548,6 +625,7 @@ async def reconcile_tenant(
                 tg.start_soon(read_articles)
             if "orders" in kinds:
                 tg.start_soon(read_orders)
+                tg.start_soon(read_invoices)
     except BaseExceptionGroup as group:  # the caller sees the side's own error, not the task group's wrapping
         raise _first_error(group) from None
 
@@ -560,13 +638,31 @@ async def reconcile_tenant(
         state = await Projection.load(log, tenant)
         latest = await log.latest([InvoiceObserved.TYPE], tenant=tenant.name)
         invoices = sorted(latest.values(), key=lambda e: e.position)
+        # Would-be orders the log has not seen as PowerOffice has them now are observed here, and compared too.
+        behind = unobserved(live_invoices, {entity: e for (_, entity), e in latest.items()}, tenant)
+        fresh: dict[str, str] = {}  # invoice id -> the observation's dedupe key
+        now = clock()
+        for event in await observe_invoices(po, behind):
+            entity = f"invoice:{event.invoice['Id']}"
+            key = observation_key(tenant.name, event)
+            fresh[str(event.invoice["Id"])] = key
+            invoices.append(StoredEvent(0, now, tenant.name, entity, event.TYPE, event.VERSION, event, None, None, key))
         mapped_orders = map_orders(state, invoices, window)
         # An order created before the window (less the margin) is not in the listing: look the unmatched ones up
         # by number, so that "missing" means missing.
         unmatched = [str(c.body.get("orderNumber")) for c in unmatched_orders(mapped_orders, orders)]
         if unmatched:
             orders = orders + await wms.orders_by_numbers(unmatched)
-        result.kinds["orders"] = compare_orders(mapped_orders, orders)
+        compared = compare_orders(mapped_orders, orders)
+        # For an invoice the log is behind on, the repair is its observation: the projector then makes the order.
+        for i, d in enumerate(compared.differences):
+            invoice_id = (d.entity or "").removeprefix("order:")
+            if invoice_id in fresh and d.repair is not None:
+                observation = next(e.event for e in invoices if e.dedupe_key == fresh[invoice_id])
+                compared.differences[i] = replace(
+                    d, repair=observation, entity=f"invoice:{invoice_id}", dedupe_key=fresh[invoice_id]
+                )
+        result.kinds["orders"] = compared
     if "stock" in kinds:
         stock_result.differences.sort(key=lambda d: d.key)
         result.kinds["stock"] = stock_result
@@ -598,7 +694,7 @@ async def reconcile(
         before = dict(sides.counted()) if sides.counted else {}
         window: datetime | None = None
         try:
-            result, window = await reconcile_tenant(log, t, sides, kinds=kinds, since=since)
+            result, window = await reconcile_tenant(log, t, sides, kinds=kinds, since=since, clock=clock)
         except (ApiError, ValueError) as exc:  # an unreachable side is this tenant's result, not the end of the run
             result = TenantResult(t.name, error=f"{type(exc).__name__}: {exc}")
         if sides.counted:
@@ -653,7 +749,7 @@ async def _record(
                 tenant.name,
                 d.entity,
                 d.repair,
-                f"{tenant.name}/{d.entity}/reconcile/{stored.position}",
+                d.dedupe_key or f"{tenant.name}/{d.entity}/reconcile/{stored.position}",
                 causation=stored.position,
                 mapping_version=MAPPING_VERSION,
             )

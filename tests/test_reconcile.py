@@ -20,6 +20,7 @@ from pipeline.reconcile import (
     group_by_field,
     same,
     unmatched_orders,
+    unobserved,
 )
 
 TENANT = TenantSettings("acme", Secret("k"), ongoing_goods_owner_id=7)
@@ -256,3 +257,25 @@ def test_unmatched_orders_by_goods_owner_order_id_or_number() -> None:
         {"orderInfo": {"goodsOwnerOrderId": None, "orderNumber": "2"}},
     ]
     assert [c.invoice_id for c in unmatched_orders(mapped, orders)] == ["i3"]
+
+
+def test_unobserved_invoices_are_would_be_orders_the_log_holds_otherwise_or_not_at_all() -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.eventlog.base import StoredEvent
+    from pipeline.events import InvoiceObserved
+
+    paid = {"Id": "a", "VoucherType": "OutgoingInvoice", "Balance": 0}
+    unpaid = {"Id": "b", "VoucherType": "OutgoingInvoice", "Balance": 100}
+    credit = {"Id": "c", "VoucherType": "OutgoingCreditNote", "Balance": 0}
+    same_paid = {"Id": "d", "VoucherType": "OutgoingInvoice", "Balance": 0}
+    newly_paid = {"Id": "e", "VoucherType": "OutgoingInvoice", "Balance": 0}
+
+    def stored(invoice: dict[str, Any]) -> StoredEvent:
+        event = InvoiceObserved(invoice=invoice, lines=[])
+        when = datetime(2026, 11, 1, tzinfo=UTC)
+        return StoredEvent(1, when, "acme", f"invoice:{invoice['Id']}", event.TYPE, 1, event, None, None, "k")
+
+    latest = {"invoice:d": stored(same_paid), "invoice:e": stored(newly_paid | {"Balance": 100})}
+    live = [paid, unpaid, credit, same_paid, newly_paid]
+    assert [i["Id"] for i in unobserved(live, latest, TENANT)] == ["a", "e"]

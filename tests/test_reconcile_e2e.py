@@ -8,7 +8,7 @@ import io
 import json
 import math
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -315,3 +315,59 @@ async def test_a_side_that_cannot_be_read_is_reported_and_recorded_and_the_run_e
     assert isinstance(stored.event, ReconcileRecorded)
     assert stored.event.error == result.error
     assert stored.event.agreed is False
+
+
+async def test_an_invoice_the_pollers_missed_is_reported_and_its_repair_is_the_observation(
+    world: World, tmp_path: Path
+) -> None:
+    """A paid invoice whose balance change lies behind the poller's cursor (and its overlap) never reaches the log.
+    Reconcile reads PowerOffice's invoices, observes it, reports its order missing; the repair appends the
+    observation (with the poller's dedupe key), the projector makes the order, the sender delivers it."""
+    settings = settings_for(world, tmp_path)
+    t = tenant_of(world)
+    await sync(settings)
+    company = t.company
+    template = next(
+        i
+        for i in company.invoices.values()
+        if world.ongoing.order(t.goods_owner_id, str(i.get("OrderNo") or i.get("InvoiceNo"))) is not None
+    )
+    # Behind the poller's cursor (the latest balance change it read) by more than its overlap; after the floor.
+    cursor = max(
+        datetime.fromisoformat(i["BalanceLastChangedDateTimeOffset"].replace("Z", "+00:00"))
+        for i in company.invoices.values()
+    )
+    behind = cursor - timedelta(minutes=10)
+    assert world.orders_since is not None
+    assert behind > world.orders_since
+    backdated = behind.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    missed = world.poweroffice.add_invoice(
+        t.client_key,
+        {
+            **{k: v for k, v in template.items() if k != "Id"},
+            "InvoiceNo": 990001,
+            "OrderNo": 990001,
+            "BalanceLastChangedDateTimeOffset": backdated,
+        },
+        company.invoice_lines[template["Id"]],
+    )
+    await sync(settings)  # the poller reads from its cursor: it does not see the backdated invoice
+    assert world.ongoing.order(t.goods_owner_id, "990001") is None
+
+    report = await reconcile.run(settings, kinds=["orders"])
+    missing = by_issue(report, "orders", "missing")
+    assert set(missing) == {"990001"}
+    assert missing["990001"].entity == f"invoice:{missing_id(missed)}"
+
+    repaired = await reconcile.run(settings, kinds=["orders"], repair=True)
+    assert repaired.tenants[t.name].appended == 1
+    async with await SqliteEventLog.open(settings.database) as log:
+        [observation] = [e async for e in log.read(entity=f"invoice:{missing_id(missed)}")]
+        assert observation.causation == repaired.tenants[t.name].record_position
+    await sync(settings)
+    assert world.ongoing.order(t.goods_owner_id, "990001") is not None
+    assert (await reconcile.run(settings, kinds=["orders"])).exit_code == 0
+
+
+def missing_id(invoice: dict[str, Any]) -> str:
+    return str(invoice["Id"])
