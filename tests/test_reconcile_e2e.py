@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from pipeline import reconcile
+from pipeline import audit, reconcile
 from pipeline.config import Settings
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import ReconcileRecorded
@@ -83,6 +83,9 @@ async def test_after_a_sync_both_systems_agree_and_the_run_is_recorded(world: Wo
     assert event.requests == t.requests
     assert event.requests["poweroffice"] > 0
     assert event.requests["ongoing"] > 0
+    async with await SqliteEventLog.open(settings.database) as log:
+        [row] = await audit.history(log, world.tenants[0].name, "reconcile")
+    assert row.summary.startswith("reconcile by tester (products, orders, stock): agreed, repairs 0")
 
 
 def tenant_of(world: World) -> FakeTenant:
