@@ -95,6 +95,11 @@ def summarize(e: StoredEvent) -> str:
         return f"re-driven by {d['by']}: {d['reason']}"
     if t == "replay.recorded":
         return f"replay by {d['by']} {d['window_from']}..{d['window_to']} dry_run={d['dry_run']}: {d['counts']}"
+    if t == "reconcile.recorded":
+        state = "agreed" if d["agreed"] else (f"could not read a side: {d['error']}" if d.get("error") else "differ")
+        return (
+            f"reconcile by {d['by']} ({', '.join(d['kinds'])}): {state}, repairs {d.get('repairs', 0)}: {d['counts']}"
+        )
     return t
 
 

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("position", type=int, help="a log position (the #number audit prints)")
     failures = question("failures", "quarantined entities and standing mapping failures (exit 1 if any)")
     failures.add_argument("--tenant", metavar="NAME", help="only this tenant")
-    question("stats", "event counts per tenant and type")
+    stats = question("stats", "event counts per tenant and type; delivery freshness")
+    stats.add_argument("--since", metavar="T", help="freshness of deliveries since T, RFC 3339 (default: all)")
     sql = question("sql", "read-only SQL against the log (columns named by the query's aliases)")
     sql.add_argument("query", help='one SQL statement, e.g. "SELECT type, count(*) AS n FROM events GROUP BY 1"')
     sql.add_argument(
@@ -120,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("tenant", help="tenant name, as in the config")
     redrive.add_argument("entity", help="the quarantined entity's key, as `audit failures` shows it")
     redrive.add_argument("--reason", default="operator re-drive", help="recorded with the re-drive, for audit")
+
+    reconcile = command("reconcile", "compare PowerOffice with Ongoing; exit 1 when they differ")
+    reconcile.add_argument("--tenant", metavar="NAME", help="only this tenant")
+    reconcile.add_argument("--kind", choices=["products", "orders", "stock"], help="one kind (default: all)")
+    reconcile.add_argument("--since", metavar="T", help="orders: invoices since T (default: orders_since)")
+    reconcile.add_argument("--repair", action="store_true", help="append the commands that fix what may be fixed")
+    reconcile.add_argument("--json", action="store_true", help="machine-readable output")
 
     fakes = command("fakes", "serve both fake APIs on localhost for manual runs")
     fakes.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -227,7 +235,26 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "check":
         return anyio.run(operate.check, console, settings)
     if args.command == "audit":
+        if getattr(args, "since", None):
+            args.since = _time(args.since, "--since")
         return anyio.run(commands.audit, console, settings, args)
     if args.command == "redrive":
         return anyio.run(commands.redrive, console, settings, args.tenant, args.entity, args.reason)
+    if args.command == "reconcile":
+        from pipeline import reconcile
+
+        if args.tenant and args.tenant not in {t.name for t in settings.tenants}:
+            raise ConfigError([f"--tenant: no tenant named {args.tenant!r}"], "command line")
+        since = _time(args.since, "--since") if args.since else None
+        return anyio.run(
+            lambda: reconcile.command(
+                console,
+                settings,
+                tenant=args.tenant,
+                kinds=[args.kind] if args.kind else reconcile.KINDS,
+                since=since,
+                repair=args.repair,
+                as_json=args.json,
+            )
+        )
     raise AssertionError(args.command)  # pragma: no cover: argparse rejects unknown commands

@@ -282,6 +282,12 @@ async def audit(console: Console, settings: Settings, args: argparse.Namespace) 
             return 1 if rows else 0
         elif args.audit == "stats":
             out.print_table(console, ("tenant", "type", "events"), await audit_.stats(log_), as_json=args.json)
+            if not args.json:  # the JSON answer stays the counts; /metrics has the freshness for machines
+                from pipeline import freshness
+
+                samples = await freshness.from_log(log_, since=getattr(args, "since", None))
+                console.print("delivery freshness (answer time − source change time)")
+                out.print_table(console, freshness.HEADER, freshness.summarize(samples), as_json=False)
         elif args.audit == "sql":
             header, result = await audit_.sql(log_, args.query, timeout=args.timeout)
             out.print_table(console, header, result, as_json=args.json)

@@ -111,6 +111,9 @@ class Settings:
     # `pipeline run` serves /healthz, /metrics and a status page here (port 0: any free port).
     status_host: str = "127.0.0.1"
     status_port: int = 8765
+    # `pipeline run` reconciles each tenant this often (0: never), repairing only when `reconcile_repair`.
+    reconcile_every_hours: float = 24.0
+    reconcile_repair: bool = False
 
     def tenant(self, name: str) -> TenantSettings:
         for t in self.tenants:
@@ -351,6 +354,7 @@ def _kind(value: object) -> str:
 
 _DAY = 86_400.0  # upper bound of the intervals and overlaps: beyond a day they are typing errors, not choices
 _TOP = {"database", "interval_seconds", "status_host", "status_port", "poweroffice", "ongoing", "tenants"}
+_TOP |= {"reconcile_every_hours", "reconcile_repair"}
 _PO = {
     "api_url",
     "token_url",
@@ -408,6 +412,8 @@ def parse_settings(
     interval = c.number("", raw, "interval_seconds", 900.0, minimum=1, maximum=_DAY)
     status_host = c.string("", raw, "status_host", "127.0.0.1") or "127.0.0.1"
     status_port = c.integer("", raw, "status_port", 8765, minimum=0, maximum=65535)
+    reconcile_every_hours = c.number("", raw, "reconcile_every_hours", 24.0, minimum=0, maximum=24 * 366)
+    reconcile_repair = c.boolean("", raw, "reconcile_repair", False)
 
     po_raw = c.table("", raw, "poweroffice")
     c.unknown("poweroffice", po_raw, _PO)
@@ -507,6 +513,8 @@ def parse_settings(
         source=None,
         status_host=status_host,
         status_port=status_port,
+        reconcile_every_hours=reconcile_every_hours,
+        reconcile_repair=reconcile_repair,
     )
 
 

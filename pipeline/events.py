@@ -363,3 +363,23 @@ class ObservationRejected(Event):
     reason: str
     record: JsonObject | None = None
     raw: str | None = None
+
+
+@register
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReconcileRecorded(Event):
+    """A reconcile of one tenant ran (`pipeline.reconcile`): who, which kinds, the orders window, the mapping
+    version, whether PowerOffice and Ongoing agreed, the counts per kind, the requests per side, and how many
+    repair commands it appended (they carry this event as their causation)."""
+
+    TYPE: ClassVar[str] = "reconcile.recorded"
+    by: str
+    kinds: list[str]
+    window_from: str | None
+    mapping_version: int
+    repair: bool
+    agreed: bool
+    counts: JsonObject
+    requests: JsonObject = dataclasses.field(default_factory=dict)
+    repairs: int = 0
+    error: str | None = None

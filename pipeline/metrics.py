@@ -117,6 +117,19 @@ class Metrics:
             ["tenant"],
             registry=r,
         )
+        self.reconcile_differences = Gauge(
+            "pipeline_reconcile_differences",
+            "Differences the last scheduled reconcile found between PowerOffice and Ongoing",
+            ["tenant", "kind"],
+            registry=r,
+        )
+        self.freshness = Histogram(
+            "pipeline_freshness_seconds",
+            "Per delivery: the target's answer time minus the source's change time",
+            ["tenant", "kind"],
+            registry=r,
+            buckets=(10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600),
+        )
         self.log_head = Gauge("pipeline_log_head_position", "Newest position in the event log", registry=r)
         self.last_cycle = Gauge("pipeline_last_cycle_timestamp_seconds", "End of the last cycle", registry=r)
         self.limiter = _LimiterCollector()

@@ -42,6 +42,7 @@ from typing import Literal
 import aiohttp
 import anyio
 
+from pipeline import freshness
 from pipeline.clients.http import RetryPolicy
 from pipeline.clients.ongoing import OngoingClient
 from pipeline.clients.poweroffice import PowerOfficeClient
@@ -97,6 +98,8 @@ class TenantReport:
     quarantined: int = 0
     unmapped: int = 0
     refused: bool = False  # the setup error was refused credentials (401/403), not an unreachable system
+    # (kind, seconds) per delivery of the cycle: answer time − the source's change time (`pipeline.freshness`).
+    freshness: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def result(self) -> Result:
@@ -159,6 +162,9 @@ class TenantState:
     next_cycle: datetime | None = None
     cycles: int = 0
     failed_cycles: int = 0
+    # The last scheduled reconcile (`run` only): differences per kind, and when.
+    reconcile_differences: dict[str, int] | None = None
+    last_reconciled: datetime | None = None
 
     @property
     def failing(self) -> bool:
@@ -373,8 +379,13 @@ class Runtime:
         def expired() -> bool:
             return stop.is_set() or anyio.current_time() >= deadline_at
 
+        reconciled: dict[str, int] | None = None
         try:
+            head = await self.log.max_position()
             await self.tenant_cycle(tenant, report, expired=expired, stopping=stop.is_set, progress=progress)
+            report.freshness = [(s.kind, s.seconds) for s in await freshness.after(self.log, name, head)]
+            if self.command == "run" and not stop.is_set():
+                reconciled = await self.reconcile_if_due(tenant)
         except Exception as exc:
             fatal = fatal_error(exc)
             if fatal is not None:
@@ -402,8 +413,41 @@ class Runtime:
             cycles=before.cycles + 1,
             failed_cycles=before.failed_cycles + failed,
         )
+        if reconciled is not None:
+            state = dataclasses.replace(state, reconcile_differences=reconciled, last_reconciled=ended)
         self.states[name] = state
         return state
+
+    async def reconcile_if_due(self, tenant: TenantSettings) -> dict[str, int] | None:
+        """Reconcile `tenant` (`pipeline.reconcile`) when its last `reconcile.recorded` is older than
+        `reconcile_every_hours` (0: never) or could not read a side; repairs only with `reconcile_repair`. Returns
+        the differences per kind, or None when none was due."""
+        from pipeline.events import ReconcileRecorded
+        from pipeline.reconcile import Sides, reconcile
+
+        every = self.settings.reconcile_every_hours
+        if every <= 0:
+            return None
+        found = await self.log.latest([ReconcileRecorded.TYPE], tenant=tenant.name, entity="reconcile")
+        last = found.get((tenant.name, "reconcile"))
+        failed = last is not None and isinstance(last.event, ReconcileRecorded) and last.event.error is not None
+        if last is not None and not failed and self.clock() - last.recorded_at < timedelta(hours=every):
+            return None  # (one that could not read a side is tried again next cycle)
+        sides = Sides(self.poweroffice.for_tenant, self.ongoing.for_tenant)
+        repair = self.settings.reconcile_repair
+        report = await reconcile(
+            self.log, self.settings, sides, tenant=tenant.name, repair=repair, by=f"pipeline {self.command}"
+        )
+        result = report.tenants[tenant.name]
+        counts = {kind: len(r.differences) for kind, r in result.kinds.items()}
+        if result.error:
+            log.warning("%s: reconcile could not read a side: %s", tenant.name, result.error)
+        elif not result.agreed:
+            shown = ", ".join(f"{kind} {n}" for kind, n in counts.items() if n)
+            log.warning(
+                "%s: reconcile found differences: %s (repairs appended: %d)", tenant.name, shown, result.appended
+            )
+        return counts
 
     # -- one tenant's cycle ------------------------------------------------------------------------------------
 

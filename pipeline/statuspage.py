@@ -28,8 +28,10 @@ from pipeline.events import (
     EntityRedriven,
     MappingFailed,
 )
+from pipeline.freshness import percentile
 
 if TYPE_CHECKING:
+    from pipeline.runtime import TenantState
     from pipeline.web import CyclePoint, Status
 
 REFRESH_SECONDS = 10
@@ -100,6 +102,8 @@ class TenantRow:
     waiting: int
     delivered: int  # in the last cycle
     observed: int  # in the last cycle
+    freshness_p95: float | None = None  # seconds, over the latest deliveries (`pipeline.freshness`)
+    reconcile: str | None = None  # the last scheduled reconcile: "agreed" or its differences per kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +247,17 @@ def _error_words(state: str, last_error: str | None, held: Held | None) -> str |
     return None
 
 
+def _p95(recent: Sequence[float] | None) -> float | None:
+    return percentile(list(recent), 0.95) if recent else None
+
+
+def _reconcile_words(state: TenantState | None) -> str | None:
+    if state is None or state.reconcile_differences is None:
+        return None
+    found = {kind: n for kind, n in state.reconcile_differences.items() if n}
+    return "agreed" if not found else ", ".join(f"{kind}: {n} differ" for kind, n in found.items())
+
+
 def build_view(status: Status, log_view: LogView, now: datetime) -> PageView:
     """Everything the page shows, decided here (so tests need no browser)."""
     newest_held: dict[str, Held] = {}
@@ -275,6 +290,8 @@ def build_view(status: Status, log_view: LogView, now: datetime) -> PageView:
                 waiting=waiting,
                 delivered=ts.last.delivered if ts.last else 0,
                 observed=ts.last.observed if ts.last else 0,
+                freshness_p95=_p95(status.recent_freshness.get(ts.name)),
+                reconcile=_reconcile_words(status.states.get(ts.name)),
             )
         )
     t = status.totals
@@ -392,7 +409,7 @@ def _tenants(view: PageView) -> str:
     now = view.now
     out = [
         "<h2>Goods owners</h2><table><tr><th>tenant<th>state<th>last successful sync<th>next cycle"
-        "<th>quarantined<th>pending<th>last cycle</tr>"
+        "<th>quarantined<th>pending<th>freshness p95<th>reconcile<th>last cycle</tr>"
     ]
     for t in view.tenants:
         words = STATE_WORDS.get(t.state, "")
@@ -401,6 +418,8 @@ def _tenants(view: PageView) -> str:
             f"<tr><td>{e(t.name)}</td><td><span class='state {e(t.state)}'>{e(t.state)}</span>{detail}</td>"
             f"<td>{e(when(t.last_sync, now))}</td><td>{e(when(t.next_cycle, now))}</td>"
             f"<td class=n>{t.held}</td><td class=n>{t.pending}</td>"
+            f"<td class=n>{'' if t.freshness_p95 is None else f'{t.freshness_p95:.0f} s'}</td>"
+            f"<td>{e(t.reconcile or '')}</td>"
             f"<td class=muted>{t.observed} observed, {t.delivered} delivered, {t.waiting} waiting</td></tr>"
         )
     out.append("</table>")

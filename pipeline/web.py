@@ -113,6 +113,8 @@ class Status:
         self.next_by_tenant: dict[str, datetime] = {}
         self.last_cycle_error: str | None = None
         self.states: dict[str, TenantState] = {}  # each tenant's loop state, as it last reported it
+        # The latest deliveries' freshness per tenant (seconds), for the p95 on the page.
+        self.recent_freshness: dict[str, deque[float]] = {}
         self.log: SqliteEventLog | None = None
         self.limiter: LimiterView | None = None
         self._head: int | None = None
@@ -200,6 +202,14 @@ class Status:
             self.record(CycleReport(state.last_started or ended, {state.name: state.report}), ended)
         if state.next_cycle is not None:
             self.next_cycle(state.next_cycle, [state.name])
+        m = self.metrics
+        for kind, n in (state.reconcile_differences or {}).items():
+            m.reconcile_differences.labels(state.name, kind).set(n)
+        if state.report is not None:
+            recent = self.recent_freshness.setdefault(state.name, deque(maxlen=1000))
+            for kind, seconds in state.report.freshness:
+                m.freshness.labels(state.name, kind).observe(seconds)
+                recent.append(seconds)
 
     def cycle_failed(self, error: str, ended: datetime, tenants: Sequence[str] | None = None) -> None:
         """The cycle itself failed (the log could not be written, say): counted, shown, and the loop goes on."""

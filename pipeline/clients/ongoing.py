@@ -303,6 +303,59 @@ class TenantOngoing:
                 )
             cursor = nxt
 
+    async def orders_by_numbers(self, numbers: Sequence[str], *, batch: int = 40) -> list[dict[str, Any]]:
+        """`GET /orders?goodsOwnerId=&orderNumbers=…&orderNumbers=…`: the orders with these numbers, `batch` numbers
+        per request (repeated keys, NOTES §1), so the URL stays short. Numbers Ongoing does not know are absent."""
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        wanted = list(dict.fromkeys(numbers))
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(wanted), batch):
+            chunk = wanted[start : start + batch]
+            params = [("goodsOwnerId", str(self.goods_owner_id)), *(("orderNumbers", n) for n in chunk)]
+            out.extend(await self._call("GET", "/orders", self._array("GET", "/orders"), params=params))
+        return out
+
+    def orders(
+        self, *, created_from: datetime | None = None, page_size: int = 500
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """`GET /orders?goodsOwnerId=…`, paged by id (`orderIdFrom` inclusive + `maxOrdersToGet`), optionally only
+        orders created from `created_from` (`orderCreatedTimeFrom`). Yields pages of GetOrderModel rows.
+
+        Ongoing cannot filter on `goodsOwnerOrderId` (NOTES §1): a caller matching orders to invoices reads the
+        goods owner's orders in pages and matches them itself. Raises ValueError for `page_size` < 1 or a naive
+        `created_from`.
+        """
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        if created_from is not None and created_from.tzinfo is None:
+            raise ValueError("created_from needs a UTC offset")
+        return self._order_pages(created_from, page_size)
+
+    async def _order_pages(self, created_from: datetime | None, page_size: int) -> AsyncIterator[list[dict[str, Any]]]:
+        cursor = 1
+        while True:
+            params = [
+                ("goodsOwnerId", str(self.goods_owner_id)),
+                ("orderIdFrom", str(cursor)),
+                ("maxOrdersToGet", str(page_size)),
+            ]
+            if created_from is not None:
+                params.append(("orderCreatedTimeFrom", format_time(created_from)))
+            page = await self._call("GET", "/orders", self._array("GET", "/orders"), params=params)
+            if not page:
+                return
+            yield page
+            if len(page) < page_size:
+                return
+            ids = [(row.get("orderInfo") or {}).get("orderId") for row in page]
+            nxt = max((i for i in ids if isinstance(i, int)), default=0) + 1
+            if not all(isinstance(i, int) for i in ids) or nxt <= cursor:
+                raise PermanentApiError(
+                    SYSTEM, "GET", "/orders", 200, "order paging did not advance", tenant=self.tenant.name
+                )
+            cursor = nxt
+
     # -- plumbing ----------------------------------------------------------------------------------------------
 
     def _check_owner(self, body: dict[str, Any]) -> None:

@@ -235,6 +235,20 @@ class FakeOngoing:
             "text": STATUS_TEXTS.get(status_number, f"Status {status_number}"),
         }
 
+    def edit_article(self, goods_owner_id: int, article_number: str, **fields: Any) -> None:
+        """Change an article's fields by hand (as a warehouse user would). KeyError for an unknown article."""
+        article = self.owner(goods_owner_id).articles[article_number]
+        for name, value in fields.items():
+            article.model[name] = copy.deepcopy(value)
+
+    def delete_article(self, goods_owner_id: int, article_number: str) -> None:
+        """Remove an article (as if deleted in the warehouse). KeyError for an unknown article."""
+        del self.owner(goods_owner_id).articles[article_number]
+
+    def delete_order(self, goods_owner_id: int, order_number: str) -> None:
+        """Remove an order (as if deleted in the warehouse, or a write lost). KeyError for an unknown order."""
+        del self.owner(goods_owner_id).orders[order_number]
+
     def article(self, goods_owner_id: int, number: str) -> dict[str, Any] | None:
         found = self.owner(goods_owner_id).articles.get(number)
         return copy.deepcopy(found.model) if found else None
@@ -721,6 +735,9 @@ class FakeOngoing:
         start = _int_param(query, "orderIdFrom")
         if start is not None:
             rows = [o for o in rows if o.order_id >= start]
+        if "orderCreatedTimeFrom" in query:
+            created_from = _parse_time(query["orderCreatedTimeFrom"])
+            rows = [o for o in rows if _parse_time(o.model["orderInfo"]["createdDate"]) >= created_from]
         limit = _int_param(query, "maxOrdersToGet")
         if limit is not None:
             rows = rows[:limit]

@@ -62,6 +62,7 @@ from pipeline.events import (
     CommandSucceeded,
     EntityRedriven,
     Event,
+    ReconcileRecorded,
 )
 from pipeline.senders.breaker import Breakers, CircuitBreaker
 from pipeline.senders.plan import Attempt, History, Omit, Plan, Send, Wait, plan, terminal, wait_reason
@@ -400,6 +401,20 @@ class _Lane:
                 redriven=newest_mark is not None and _is_redrive(newest_mark),
             )
 
+        # A reconcile repair (a command caused by a `reconcile.recorded`) goes even when identical to what was
+        # delivered: reconcile saw the target differ from it.
+        causes = {c.causation for c in commands if c.causation is not None}
+        repairs: set[int] = set()
+        if causes:
+            repairs = {
+                e.position
+                async for e in log.read(after=min(causes) - 1, tenant=name, types=[ReconcileRecorded.TYPE])
+                if e.position in causes
+            }
+
+        def identical(new: StoredEvent, last: StoredEvent) -> str | None:
+            return None if new.causation in repairs else stage.identical(new, last)
+
         decided = plan(
             commands,
             outcomes,
@@ -407,7 +422,7 @@ class _Lane:
             head=head,
             history=history,
             needs=stage.needs,
-            identical=stage.identical,
+            identical=identical,
         )
         self.quarantined = set(decided.quarantined)
         self.watermark = _Watermark(head)

@@ -3,7 +3,8 @@
 Rules on top of the machinery in `pipeline.senders.base` (checkpoint `sender.ongoing` per tenant):
 - One delivery at a time per tenant (`in_flight = 1`): Ongoing processes writes one at a time per goods owner and
   lets parallel ones queue and time out. Goods owners run side by side in separate lanes.
-- An article command identical to the one last delivered for that article is skipped, not sent.
+- An article command identical to the one last delivered for that article is skipped, not sent (unless it is a
+  reconcile repair: reconcile found Ongoing's article differing from it).
 - An order waits (is not failed) until every article in its `article_numbers` has been delivered for the tenant;
   within one run it goes the moment its last article succeeds.
 - An order whose invoice already has a delivered order is skipped unless the command is `force`d.

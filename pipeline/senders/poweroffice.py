@@ -3,7 +3,7 @@
 Same machinery as the Ongoing stage (`pipeline.senders.base`; checkpoint `sender.poweroffice` per tenant): one
 pending command per product, outcomes recorded with the checkpoint, permanent failures quarantine the product
 only (e.g. PowerOffice refusing stock on a product that is not a stock item), a value equal to the one last
-delivered for the product is skipped.
+delivered for the product is skipped (unless it is a reconcile repair).
 
 Pacing is **not** done here. Every request goes through the PowerOffice client, whose one limiter per
 subscription key (shared with the pollers and fair across tenants) decides when it may start. This stage only
