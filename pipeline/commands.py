@@ -165,6 +165,8 @@ async def run_forever(
         if fatal is not None:
             raise fatal from None
         raise
+    finally:
+        status.detach()
     return 0
 
 

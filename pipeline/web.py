@@ -133,6 +133,10 @@ class Status:
         self.metrics.limiter.limiter = limiter
         self._set_head(await log.max_position())
 
+    def detach(self) -> None:
+        """The log is closing: from now on the page and /metrics show what the loops reported, without it."""
+        self.log = None
+
     def cycle_started(self, at: datetime, tenants: Sequence[str] | None = None) -> None:
         """A cycle started for `tenants` (all of them when None: today's loop cycles every tenant at once)."""
         for name in self.tenant_status if tenants is None else tenants:

@@ -104,7 +104,6 @@ async def test_metrics_histogram_page_and_audit_stats_show_freshness(tmp_path: P
         assert delivered > 0
         from aiohttp.test_utils import TestClient, TestServer
 
-        status.log = None  # run has closed its log; the page shows what the loops reported
         async with TestClient(TestServer(create_app(status))) as client:
             metrics = await (await client.get("/metrics")).text()
             page = await (await client.get("/")).text()

@@ -93,7 +93,7 @@ async def test_run_reconciles_once_per_period_and_reports_differences(tmp_path: 
         assert [r.agreed for r in found] == [True, False]
         assert found[1].repairs == 0
         assert found[1].counts["products"]["different"] == 1
-        state = status.tenants[t.name]
+        state = status.states[t.name]
         assert state.reconcile_differences == {"products": 1, "orders": 0, "stock": 0}
         metrics = (await _get(status, "/metrics")).splitlines()
         assert f'pipeline_reconcile_differences{{kind="products",tenant="{t.name}"}} 1.0' in metrics
