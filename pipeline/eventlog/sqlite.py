@@ -16,6 +16,7 @@ import contextlib
 import functools
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,43 @@ _V2 = """
 CREATE INDEX events_by_causation ON events (causation) WHERE causation IS NOT NULL;
 """
 
+# v3: a cycle's reads cost what changed, not the history.
+# - `entity_heads` holds the newest position per (tenant, type, entity): `latest()` reads it instead of grouping
+#   the tenant's whole history. It is derived data, kept by a trigger in the append's own transaction (a skipped
+#   duplicate inserts no row, so fires nothing) and rebuilt from `events` by this migration and by
+#   `SqliteEventLog.rebuild_heads` (`pipeline audit rebuild-heads`).
+# - `events_by_tenant_type` (its rows end in the position, as every index's do) serves "this tenant's events of
+#   these types after my checkpoint" as index ranges, whatever other tenants appended meanwhile.
+_V3 = """
+CREATE TABLE entity_heads (
+    tenant   TEXT    NOT NULL,
+    type     TEXT    NOT NULL,
+    entity   TEXT    NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (tenant, type, entity)
+) WITHOUT ROWID;
+INSERT INTO entity_heads (tenant, type, entity, position)
+    SELECT tenant, type, entity, max(position) FROM events GROUP BY tenant, type, entity;
+CREATE TRIGGER events_keep_heads AFTER INSERT ON events
+BEGIN
+    INSERT INTO entity_heads (tenant, type, entity, position) VALUES (NEW.tenant, NEW.type, NEW.entity, NEW.position)
+    ON CONFLICT (tenant, type, entity) DO UPDATE SET position = excluded.position
+    WHERE excluded.position > entity_heads.position;
+END;
+CREATE INDEX events_by_tenant_type ON events (tenant, type);
+"""
+
+_REBUILD_HEADS = (
+    "INSERT INTO entity_heads (tenant, type, entity, position)"
+    " SELECT tenant, type, entity, max(position) FROM events GROUP BY tenant, type, entity"
+)
+
 # MIGRATIONS[i] brings a database from user_version i to i + 1. Append new entries; never edit old ones.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# Bytes the `-wal` file is truncated to after a checkpoint (see `SqliteEventLog.open`).
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 _INSERT = (
     "INSERT INTO events (recorded_at, tenant, entity, type, schema_version, payload, causation,"
@@ -153,6 +188,32 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
             raise
 
 
+@dataclass(frozen=True, slots=True)
+class HeadsRebuilt:
+    heads: int  # rows in entity_heads after the rebuild
+    wrong: int  # rows that were missing, stale or extra before it (0 when the trigger kept it right)
+
+
+def _rebuild_heads_tx(conn: sqlite3.Connection) -> HeadsRebuilt:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        derived = "SELECT " + _REBUILD_HEADS.split(" SELECT ", 1)[1]
+        kept = "SELECT tenant, type, entity, position FROM entity_heads"
+        (wrong,) = conn.execute(
+            f"SELECT count(*) FROM (SELECT tenant, type, entity FROM ({derived} EXCEPT {kept}) UNION"
+            f" SELECT tenant, type, entity FROM ({kept} EXCEPT {derived}))"
+        ).fetchone()
+        conn.execute("DELETE FROM entity_heads")
+        conn.execute(_REBUILD_HEADS)
+        (heads,) = conn.execute("SELECT count(*) FROM entity_heads").fetchone()
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return HeadsRebuilt(int(heads), int(wrong))
+
+
 def _split(script: str) -> list[str]:
     """Split a migration script into statements (triggers contain `;` inside BEGIN … END)."""
     out: list[str] = []
@@ -194,6 +255,56 @@ def _filters(
     return where, params
 
 
+# SQLite caps the number of parameters per statement; lists longer than this are asked in chunks.
+_CHUNK = 500
+
+
+def latest_sql(
+    types: Collection[str],
+    *,
+    tenant: str | None = None,
+    entity: str | None = None,
+    entities: Collection[str] | None = None,
+) -> tuple[str, list[Any]]:
+    """The query behind `latest`: newest head per (tenant, entity) over `types`, then those rows of `events`."""
+    where, params = _filters(tenant=tenant, entity=entity, types=types)
+    if entities is not None:
+        names = list(entities)
+        where.append(f"entity IN ({', '.join('?' * len(names))})")
+        params.extend(names)
+    sql = (
+        f"SELECT {_COLUMNS} FROM events WHERE position IN ("
+        f"SELECT max(position) FROM entity_heads WHERE {' AND '.join(where)} GROUP BY tenant, entity)"
+    )
+    return sql, params
+
+
+def read_sql(
+    *,
+    after: int = 0,
+    upto: int | None = None,
+    tenant: str | None = None,
+    entity: str | None = None,
+    types: Collection[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[str, list[Any]]:
+    """The query behind one page of `read` (its last parameter, the page size, is left to the caller)."""
+    where, params = _filters(
+        tenant=tenant,
+        entity=entity,
+        types=types,
+        since=format_time(since) if since else None,
+        until=format_time(until) if until else None,
+    )
+    where.insert(0, "position > ?")
+    params.insert(0, after)
+    if upto is not None:
+        where.append("position <= ?")
+        params.append(upto)
+    return f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT ?", params
+
+
 class SqliteEventLog:
     """`EventLog` on SQLite. Open with `await SqliteEventLog.open(path)`; close with `await log.close()`."""
 
@@ -215,6 +326,10 @@ class SqliteEventLog:
             await writer.execute("PRAGMA journal_mode = WAL")
             await writer.execute("PRAGMA synchronous = NORMAL")
             await writer.execute("PRAGMA busy_timeout = 30000")
+            # The WAL is checkpointed every `wal_autocheckpoint` pages (SQLite's default, 1000: ~4 MB) by the
+            # committing writer; after a checkpoint the file is cut back to this size, so one big transaction (a
+            # backfill) does not leave a file that size behind for the rest of a long `run`.
+            await writer.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             await _on_thread(writer, _migrate, str(p))
             reader = await aiosqlite.connect(p, isolation_level=None, timeout=30)
             await reader.execute("PRAGMA busy_timeout = 30000")
@@ -311,6 +426,29 @@ class SqliteEventLog:
             raise
         return AppendResult(appended, len(rows) - appended)
 
+    async def rebuild_heads(self) -> HeadsRebuilt:
+        """Rebuild `entity_heads` from `events` in one transaction; say how many rows were wrong or missing.
+
+        The table is derived data, kept by a trigger as events are appended: this is for an operator who
+        doubts it (`pipeline audit rebuild-heads`), and costs one pass over the log.
+        """
+        async with self._write_lock:
+            try:
+                result: HeadsRebuilt = await _on_thread(self._writer, _rebuild_heads_tx)
+                return result
+            except sqlite3.Error as exc:
+                raise StoreError(f"rebuilding entity_heads in {self.path} failed: {exc}") from exc
+
+    async def checkpoint_wal(self) -> int:
+        """Checkpoint the WAL into the database and truncate it; returns the `-wal` file's size afterwards."""
+        async with self._write_lock:
+            try:
+                await _on_thread(self._writer, lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+            except sqlite3.Error as exc:
+                raise StoreError(f"checkpointing the WAL of {self.path} failed: {exc}") from exc
+        wal = self.path.with_name(self.path.name + "-wal")
+        return wal.stat().st_size if wal.exists() else 0
+
     # ------------------------------------------------------------------------------------------------ reading
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
@@ -334,18 +472,10 @@ class SqliteEventLog:
         """Stream matching events in position order, `batch_size` rows per query (keyset paging)."""
         if types is not None and not types:
             return
-        where, params = _filters(
-            tenant=tenant,
-            entity=entity,
-            types=types,
-            since=format_time(since) if since else None,
-            until=format_time(until) if until else None,
+        sql, first = read_sql(
+            after=after, upto=upto, tenant=tenant, entity=entity, types=types, since=since, until=until
         )
-        where.insert(0, "position > ?")
-        if upto is not None:
-            where.append("position <= ?")
-            params.append(upto)
-        sql = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT ?"
+        params = first[1:]
         # The next page is fetched on the reader's thread while this one is decoded here.
         pending = asyncio.ensure_future(self._fetch(sql, [after, *params, batch_size]))
         try:
@@ -364,17 +494,33 @@ class SqliteEventLog:
                     await pending
 
     async def latest(
-        self, types: Collection[str], *, tenant: str | None = None, entity: str | None = None
+        self,
+        types: Collection[str],
+        *,
+        tenant: str | None = None,
+        entity: str | None = None,
+        entities: Collection[str] | None = None,
     ) -> dict[tuple[str, str], StoredEvent]:
-        """The latest event of any of `types` per (tenant, entity)."""
-        if not types:
+        """The latest event of any of `types` per (tenant, entity), read through `entity_heads`."""
+        if not types or (entities is not None and not entities):
             return {}
-        where, params = _filters(tenant=tenant, entity=entity, types=types)
-        sql = (
-            f"SELECT {_COLUMNS} FROM events WHERE position IN ("
-            f"SELECT max(position) FROM events WHERE {' AND '.join(where)} GROUP BY tenant, entity)"
-        )
-        return {(e.tenant, e.entity): e for e in map(_row_to_event, await self._fetch(sql, params))}
+        out: dict[tuple[str, str], StoredEvent] = {}
+        chunks: list[list[str] | None] = [None]
+        if entities is not None:
+            wanted = sorted(set(entities))
+            chunks = [wanted[i : i + _CHUNK] for i in range(0, len(wanted), _CHUNK)]
+        for chunk in chunks:
+            sql, params = latest_sql(types, tenant=tenant, entity=entity, entities=chunk)
+            out.update(((e.tenant, e.entity), e) for e in map(_row_to_event, await self._fetch(sql, params)))
+        return out
+
+    async def entities(self, types: Collection[str], *, tenant: str) -> set[str]:
+        """The tenant's entities that have at least one event of `types` (from `entity_heads`: no history scan)."""
+        if not types:
+            return set()
+        names = list(types)
+        sql = f"SELECT DISTINCT entity FROM entity_heads WHERE tenant = ? AND type IN ({', '.join('?' * len(names))})"
+        return {str(row[0]) for row in await self._fetch(sql, [tenant, *names])}
 
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:
         """The events whose causation is one of `positions`, in position order."""
