@@ -6,6 +6,9 @@
 - `failures`: entities whose latest outcome is a failure (quarantined), and mapping failures not yet superseded;
 - `stats`: event counts per tenant and type;
 - `sql`: any read-only SQL against the log (the connection refuses writes).
+
+One exception writes, and only derived data: `rebuild_heads` recomputes the `entity_heads` table from the events
+(never touching an event) and says how many of its rows were wrong.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.eventlog.base import EventLog, StoredEvent
-from pipeline.eventlog.sqlite import SqliteEventLog
+from pipeline.eventlog.sqlite import HeadsRebuilt, SqliteEventLog
 from pipeline.events import (
     OBSERVED_TYPES,
     OUTCOME_TYPES,
@@ -151,3 +154,8 @@ async def stats(log: SqliteEventLog) -> list[tuple[Any, ...]]:
 
 async def sql(log: SqliteEventLog, query: str) -> list[tuple[Any, ...]]:
     return await log.query(query)
+
+
+async def rebuild_heads(log: SqliteEventLog) -> HeadsRebuilt:
+    """Recompute `entity_heads` from the events (`pipeline audit rebuild-heads`)."""
+    return await log.rebuild_heads()

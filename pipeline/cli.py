@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_parser("stats", help="event counts per tenant and type")
     sql = what.add_parser("sql", help="any read-only SQL against the log")
     sql.add_argument("query")
+    what.add_parser("rebuild-heads", help="recompute the derived entity_heads table from the events")
 
     redrive = sub.add_parser("redrive", help="release a quarantined entity so its latest command is sent again")
     redrive.add_argument("tenant")
@@ -81,6 +82,21 @@ def _time(text: str, name: str) -> datetime:
     except ValueError:
         raise ConfigError([f"{name}: expected an RFC 3339 date-time, got {text!r}"], "command line") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def _rebuild_heads(console: Console, settings: Settings, as_json: bool) -> int:
+    import orjson
+
+    from pipeline.audit import rebuild_heads
+    from pipeline.eventlog.sqlite import SqliteEventLog
+
+    async with await SqliteEventLog.open(settings.database) as log:
+        done = await rebuild_heads(log)
+    if as_json:
+        console.print_json(orjson.dumps({"heads": done.heads, "wrong": done.wrong}).decode())
+    else:
+        console.print(f"entity_heads rebuilt from the log: {done.heads} rows, {done.wrong} were wrong or missing")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,6 +159,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
                 resend_orders=args.resend_orders,
             )
         )
+    if args.command == "audit" and args.audit == "rebuild-heads":
+        return anyio.run(_rebuild_heads, console, settings, args.json)
     if args.command == "audit":
         return anyio.run(commands.audit, console, settings, args)
     if args.command == "redrive":

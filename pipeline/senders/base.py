@@ -298,11 +298,6 @@ class _Lane:
     async def _load(self) -> None:
         stage, name, log = self.stage, self.tenant.name, self.log
         self.checkpoint = await log.checkpoint(stage.name, name)
-        marks = {e: ev for (_, e), ev in (await log.latest(MARK_TYPES, tenant=name)).items() if stage.owns(e)}
-        successes = await log.latest([CommandSucceeded.TYPE], tenant=name)
-        self.view.delivered = {
-            e: ev.event for (_, e), ev in successes.items() if stage.owns(e) and isinstance(ev.event, CommandSucceeded)
-        }
         head = await log.max_position()
         self.watermark = _Watermark(head)
 
@@ -317,6 +312,12 @@ class _Lane:
                 commands[stored.entity].append(stored)
             else:
                 answered.add(_command_of(stored.event))
+
+        # Where entities stand: those read above, and those ever failed or re-driven (one may need sending again
+        # from before the checkpoint). Only their heads are read, not every entity the tenant ever had.
+        flagged = await log.entities((CommandFailed.TYPE, EntityRedriven.TYPE), tenant=name)
+        wanted = {e for e in flagged if stage.owns(e)} | commands.keys()
+        marks = {e: ev for (_, e), ev in (await log.latest(MARK_TYPES, tenant=name, entities=wanted)).items()}
 
         # Entities to pick up from before the checkpoint: re-driven, or failed transiently last time.
         for entity, last in marks.items():
@@ -353,6 +354,13 @@ class _Lane:
             if send is not None:
                 self.pending.append(send)
         self.pending.sort(key=lambda c: c.position)
+        if self.pending:  # what was delivered matters only to a lane that has something to deliver
+            successes = await log.latest([CommandSucceeded.TYPE], tenant=name)
+            self.view.delivered = {
+                e: ev.event
+                for (_, e), ev in successes.items()
+                if stage.owns(e) and isinstance(ev.event, CommandSucceeded)
+            }
 
         # Record the superseded commands (and move the checkpoint over everything already settled) at once.
         events = []
