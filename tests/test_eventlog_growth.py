@@ -257,3 +257,38 @@ async def test_wal_is_cut_back_after_a_big_fill(tmp_path: Path) -> None:
             await log.append([], checkpoints={("projector", "t"): 25_000 + i})
         assert wal.stat().st_size <= WAL_SIZE_LIMIT
         assert await log.checkpoint_wal() == 0
+
+
+# ---------------------------------------------------------------------------------------------- group commit
+
+
+@pytest.mark.anyio
+async def test_concurrent_appends_share_commits_and_each_keeps_its_own_answer(tmp_path: Path) -> None:
+    """Appends made side by side (sender lanes recording outcomes) each land whole, with their own counts and
+    checkpoints; one that the database refuses fails alone, and the others land."""
+    import anyio
+
+    from pipeline.errors import StoreError
+    from tests.eventlog_contract import product
+
+    results: dict[int, Any] = {}
+    async with await SqliteEventLog.open(tmp_path / "e.db") as log:
+        await log.append([product("t", 0, 1.0)])
+
+        async def one(i: int) -> None:
+            events = [product("t", i, 1.0), product("t", 0, 1.0)]  # the second is a duplicate every time
+            if i == 7:
+                events = [NewEvent(None, "x", ProductObserved({}), "bad")]  # type: ignore[arg-type]
+            try:
+                results[i] = await log.append(events, checkpoints={("lane", f"t{i}"): i})
+            except StoreError as exc:
+                results[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i in range(1, 30):
+                tg.start_soon(one, i)
+        assert isinstance(results.pop(7), StoreError)
+        assert {(r.appended, r.skipped) for r in results.values()} == {(1, 1)}
+        assert await log.max_position() == 29  # product 0, then one new product per good append
+        assert [await log.checkpoint("lane", f"t{i}") for i in (1, 7, 29)] == [1, 0, 29]
+        assert sorted([e.entity async for e in log.read()]) == sorted(f"product:{i}" for i in range(30) if i != 7)

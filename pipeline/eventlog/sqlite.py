@@ -2,7 +2,8 @@
 
 - Append-only is enforced by the database: triggers abort every UPDATE and DELETE on `events`.
 - `append` runs one `BEGIN IMMEDIATE … COMMIT` holding one `executemany` for the events plus the cursor and
-  checkpoint upserts, so a crash leaves all of it or none of it.
+  checkpoint upserts, so a crash leaves all of it or none of it. Appends that queue for the writer meanwhile
+  share the next transaction (group commit), each whole, in the order they came.
 - Duplicate dedupe keys are skipped by `ON CONFLICT DO NOTHING`; the row count tells appended from skipped.
 - Schema versions live in `PRAGMA user_version`; `MIGRATIONS[i]` takes a file from version i to i + 1. A file from
   a newer program is refused with `SchemaVersionError`.
@@ -27,7 +28,7 @@ import orjson
 
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
 from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent
-from pipeline.events import ROW_META, decode_dict, encode
+from pipeline.events import ROW_META, Event, decode_dict, encode, event_class
 
 Clock = Callable[[], datetime]
 
@@ -138,23 +139,51 @@ def parse_time(text: str) -> datetime:
 
 
 def _row_to_event(row: sqlite3.Row | tuple[Any, ...]) -> StoredEvent:
-    position, recorded, tenant, entity, type_, version, payload, causation, mapping_version, dedupe = row
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise CodecError(f"event {position}: payload is not JSON: {exc}") from exc
-    return StoredEvent(
-        position,
-        parse_time(recorded),
-        tenant,
-        entity,
-        type_,
-        version,
-        decode_dict(type_, version, data),
-        causation,
-        mapping_version,
-        dedupe,
-    )
+    return _rows_to_events([row])[0]
+
+
+_CLASSES: dict[str, type[Event]] = {}  # type name -> class, filled as types are met (CodecError if unknown)
+
+
+def _class_of(type_name: str) -> type[Event]:
+    cls = _CLASSES[type_name] = event_class(type_name)
+    return cls
+
+
+_new_stored = tuple.__new__  # StoredEvent(...) without the NamedTuple's Python-level __new__: scans build millions
+
+
+def _rows_to_events(rows: Sequence[sqlite3.Row | tuple[Any, ...]]) -> list[StoredEvent]:
+    """Decode a page of rows. The common case (a current schema version) is inlined: a scan's cost is this loop."""
+    out: list[StoredEvent] = []
+    append = out.append
+    loads = orjson.loads
+    classes = _CLASSES
+    times: dict[str, datetime] = {}
+    for row in rows:
+        position, recorded, tenant, entity, type_, version, payload, causation, mapping_version, dedupe = row
+        try:
+            data = loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise CodecError(f"event {position}: payload is not JSON: {exc}") from exc
+        cls = classes.get(type_) or _class_of(type_)
+        if version == cls.VERSION and type(data) is dict:
+            try:
+                event = cls(**data)
+            except TypeError as exc:
+                raise CodecError(f"bad payload for {type_} v{version}: {exc}") from exc
+        else:
+            event = decode_dict(type_, version, data)
+        when = times.get(recorded)
+        if when is None:
+            when = times[recorded] = parse_time(recorded)
+        append(
+            _new_stored(
+                StoredEvent,
+                (position, when, tenant, entity, type_, version, event, causation, mapping_version, dedupe),
+            )
+        )
+    return out
 
 
 async def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
@@ -186,6 +215,64 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """One caller's append, waiting for the writer: its rows, and what became of them."""
+
+    rows: list[tuple[Any, ...]]
+    cursor_rows: list[tuple[Any, ...]]
+    checkpoint_rows: list[tuple[Any, ...]]
+    outcome: AppendResult | sqlite3.Error | None = None
+
+
+def _append_group(conn: sqlite3.Connection, jobs: list[_Job]) -> list[AppendResult | sqlite3.Error]:
+    """Write `jobs` in one transaction; if that fails, each in its own, so one bad append fails only its caller.
+
+    Runs on the writer's thread: no await between the statements of a transaction.
+    """
+    if len(jobs) > 1:
+        try:
+            return _in_transaction(conn, jobs)
+        except sqlite3.Error:
+            pass  # e.g. one append breaks a constraint: find out which, alone
+    out: list[AppendResult | sqlite3.Error] = []
+    for job in jobs:
+        try:
+            out.extend(_in_transaction(conn, [job]))
+        except sqlite3.Error as exc:
+            out.append(exc)
+    return out
+
+
+def _in_transaction(conn: sqlite3.Connection, jobs: list[_Job]) -> list[AppendResult | sqlite3.Error]:
+    results: list[AppendResult | sqlite3.Error] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for job in jobs:
+            appended = conn.executemany(_INSERT, job.rows).rowcount if job.rows else 0
+            if job.cursor_rows:
+                conn.executemany(
+                    "INSERT INTO cursors (poller, tenant, value, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (poller, tenant) DO UPDATE SET value = excluded.value,"
+                    " updated_at = excluded.updated_at",
+                    job.cursor_rows,
+                )
+            if job.checkpoint_rows:
+                conn.executemany(
+                    "INSERT INTO checkpoints (stage, tenant, position, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (stage, tenant) DO UPDATE SET position = excluded.position,"
+                    " updated_at = excluded.updated_at",
+                    job.checkpoint_rows,
+                )
+            results.append(AppendResult(appended, len(job.rows) - appended))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return results
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +401,7 @@ class SqliteEventLog:
         self._reader = reader
         self._clock = clock
         self._write_lock = anyio.Lock()
+        self._queue: list[_Job] = []  # appends waiting for the writer (see `append`)
 
     @classmethod
     async def open(cls, path: str | Path, *, clock: Clock = utc_now) -> SqliteEventLog:
@@ -385,46 +473,30 @@ class SqliteEventLog:
         rows = self._rows(events, recorded)  # encode before taking the lock: a CodecError writes nothing
         cursor_rows = [(poller, tenant, value, recorded) for (poller, tenant), value in (cursors or {}).items()]
         checkpoint_rows = [(stage, tenant, pos, recorded) for (stage, tenant), pos in (checkpoints or {}).items()]
-        async with self._write_lock:
-            try:
-                result: AppendResult = await _on_thread(
-                    self._writer, self._append_tx, rows, cursor_rows, checkpoint_rows
-                )
-                return result
-            except sqlite3.Error as exc:
-                raise StoreError(f"append to {self.path} failed: {exc}") from exc
-
-    def _append_tx(
-        self,
-        conn: sqlite3.Connection,
-        rows: list[tuple[Any, ...]],
-        cursor_rows: list[tuple[Any, ...]],
-        checkpoint_rows: list[tuple[Any, ...]],
-    ) -> AppendResult:
-        # Runs on the writer's thread: one transaction, no await between its statements.
-        conn.execute("BEGIN IMMEDIATE")
+        job = _Job(rows, cursor_rows, checkpoint_rows)
+        self._queue.append(job)
         try:
-            appended = conn.executemany(_INSERT, rows).rowcount if rows else 0
-            if cursor_rows:
-                conn.executemany(
-                    "INSERT INTO cursors (poller, tenant, value, updated_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (poller, tenant) DO UPDATE SET value = excluded.value,"
-                    " updated_at = excluded.updated_at",
-                    cursor_rows,
-                )
-            if checkpoint_rows:
-                conn.executemany(
-                    "INSERT INTO checkpoints (stage, tenant, position, updated_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (stage, tenant) DO UPDATE SET position = excluded.position,"
-                    " updated_at = excluded.updated_at",
-                    checkpoint_rows,
-                )
-            conn.execute("COMMIT")
+            async with self._write_lock:
+                if job.outcome is None:
+                    # Group commit: this holder writes every append queued meanwhile, each in its own order, in
+                    # one transaction (lanes recording outcomes side by side share one commit instead of queueing
+                    # for one each). Shielded: the other callers' answers must be handed out even if this one is
+                    # cancelled, and the transaction finishes on the thread anyway.
+                    group, self._queue = self._queue, []
+                    with anyio.CancelScope(shield=True):
+                        outcomes: list[AppendResult | sqlite3.Error] = await _on_thread(
+                            self._writer, _append_group, group
+                        )
+                    for queued, outcome in zip(group, outcomes, strict=True):
+                        queued.outcome = outcome
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            if job in self._queue:  # cancelled before anyone wrote it: it never will be
+                self._queue.remove(job)
             raise
-        return AppendResult(appended, len(rows) - appended)
+        if isinstance(job.outcome, sqlite3.Error):
+            raise StoreError(f"append to {self.path} failed: {job.outcome}") from job.outcome
+        assert job.outcome is not None
+        return job.outcome
 
     async def rebuild_heads(self) -> HeadsRebuilt:
         """Rebuild `entity_heads` from `events` in one transaction; say how many rows were wrong or missing.
@@ -483,8 +555,8 @@ class SqliteEventLog:
                 rows = await pending
                 if len(rows) == batch_size:
                     pending = asyncio.ensure_future(self._fetch(sql, [rows[-1][0], *params, batch_size]))
-                for row in rows:
-                    yield _row_to_event(row)
+                for stored in _rows_to_events(rows):
+                    yield stored
                 if len(rows) < batch_size:
                     return
         finally:
@@ -511,7 +583,7 @@ class SqliteEventLog:
             chunks = [wanted[i : i + _CHUNK] for i in range(0, len(wanted), _CHUNK)]
         for chunk in chunks:
             sql, params = latest_sql(types, tenant=tenant, entity=entity, entities=chunk)
-            out.update(((e.tenant, e.entity), e) for e in map(_row_to_event, await self._fetch(sql, params)))
+            out.update(((e.tenant, e.entity), e) for e in _rows_to_events(await self._fetch(sql, params)))
         return out
 
     async def entities(self, types: Collection[str], *, tenant: str) -> set[str]:
@@ -529,7 +601,7 @@ class SqliteEventLog:
         for i in range(0, len(wanted), 500):  # SQLite caps the number of parameters per statement
             chunk = wanted[i : i + 500]
             sql = f"SELECT {_COLUMNS} FROM events WHERE causation IN ({', '.join('?' * len(chunk))})"
-            out.extend(map(_row_to_event, await self._fetch(sql, chunk)))
+            out.extend(_rows_to_events(await self._fetch(sql, chunk)))
         return sorted(out, key=lambda e: e.position)
 
     async def get(self, position: int) -> StoredEvent | None:
