@@ -182,3 +182,11 @@ class EventLogContract:
         assert await log.entities(["command.succeeded"], tenant="a") == {"product:3"}
         assert await log.entities(["product.observed"], tenant="b") == {"product:1"}
         assert await log.entities([], tenant="a") == set()
+        # newest_of: only entities whose newest event of those types is of `types`
+        await log.append([product("a", 4, 7.0)])
+        await log.append([NewEvent("a", "product:4", CommandSucceeded(4, {}, 1), "a/ok/4")])
+        await log.append([product("a", 3, 7.0)])
+        newest_ok = await log.entities(
+            ["command.succeeded"], tenant="a", newest_of=["product.observed", "command.succeeded"]
+        )
+        assert newest_ok == {"product:4"}

@@ -18,6 +18,7 @@ from pipeline.eventlog.sqlite import (
     WAL_SIZE_LIMIT,
     SqliteEventLog,
     _split,
+    entities_sql,
     latest_sql,
     read_sql,
 )
@@ -159,9 +160,8 @@ def _per_cycle_queries() -> dict[str, tuple[str, list[Any]]]:
         "sender: marks of some entities": latest_sql(MARK_TYPES, tenant=tenant, entities=["article:A", "order:1"]),
         "sender: successes of some entities": latest_sql([CommandSucceeded.TYPE], tenant=tenant, entities=["a:1"]),
         "sender: a command of one entity": latest_sql(COMMANDS, tenant=tenant, entity="article:A"),
-        "sender: flagged entities": (
-            "SELECT DISTINCT entity FROM entity_heads WHERE tenant = ? AND type IN (?, ?)",
-            [tenant, CommandFailed.TYPE, EntityRedriven.TYPE],
+        "sender: flagged entities": entities_sql(
+            (CommandFailed.TYPE, EntityRedriven.TYPE), tenant=tenant, newest_of=MARK_TYPES
         ),
         "checkpoint": ("SELECT position FROM checkpoints WHERE stage = ? AND tenant = ?", ["projector", tenant]),
         "cursor": ("SELECT value FROM cursors WHERE poller = ? AND tenant = ?", ["poweroffice.products", tenant]),

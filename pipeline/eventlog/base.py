@@ -100,8 +100,11 @@ class EventLog(Protocol):
         """
         ...
 
-    async def entities(self, types: Collection[str], *, tenant: str) -> set[str]:
-        """The tenant's entities that have at least one event of `types` (without reading their events)."""
+    async def entities(
+        self, types: Collection[str], *, tenant: str, newest_of: Collection[str] | None = None
+    ) -> set[str]:
+        """The tenant's entities that have an event of `types` (without reading their events); with `newest_of`,
+        only those whose newest event of any of the `newest_of` types is of `types`."""
         ...
 
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:

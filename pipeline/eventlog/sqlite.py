@@ -366,6 +366,23 @@ def latest_sql(
     return sql, params
 
 
+def entities_sql(
+    types: Collection[str], *, tenant: str, newest_of: Collection[str] | None = None
+) -> tuple[str, list[Any]]:
+    """The query behind `entities`: heads only, one index search per type (and per entity for `newest_of`)."""
+    names = list(types)
+    sql = f"SELECT DISTINCT entity FROM entity_heads h WHERE tenant = ? AND type IN ({', '.join('?' * len(names))})"
+    params: list[Any] = [tenant, *names]
+    if newest_of is not None:
+        among = list(newest_of)
+        sql += (
+            " AND position = (SELECT max(position) FROM entity_heads WHERE tenant = h.tenant"
+            f" AND type IN ({', '.join('?' * len(among))}) AND entity = h.entity)"
+        )
+        params.extend(among)
+    return sql, params
+
+
 def read_sql(
     *,
     after: int = 0,
@@ -586,13 +603,18 @@ class SqliteEventLog:
             out.update(((e.tenant, e.entity), e) for e in _rows_to_events(await self._fetch(sql, params)))
         return out
 
-    async def entities(self, types: Collection[str], *, tenant: str) -> set[str]:
-        """The tenant's entities that have at least one event of `types` (from `entity_heads`: no history scan)."""
+    async def entities(
+        self, types: Collection[str], *, tenant: str, newest_of: Collection[str] | None = None
+    ) -> set[str]:
+        """The tenant's entities that have an event of `types` (from `entity_heads`: no history scan).
+
+        With `newest_of`, only those whose newest event of any of `newest_of` is of `types` (for example the
+        entities whose latest outcome is a failure), still without reading an event.
+        """
         if not types:
             return set()
-        names = list(types)
-        sql = f"SELECT DISTINCT entity FROM entity_heads WHERE tenant = ? AND type IN ({', '.join('?' * len(names))})"
-        return {str(row[0]) for row in await self._fetch(sql, [tenant, *names])}
+        sql, params = entities_sql(types, tenant=tenant, newest_of=newest_of)
+        return {str(row[0]) for row in await self._fetch(sql, params)}
 
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:
         """The events whose causation is one of `positions`, in position order."""

@@ -313,9 +313,9 @@ class _Lane:
             else:
                 answered.add(_command_of(stored.event))
 
-        # Where entities stand: those read above, and those ever failed or re-driven (one may need sending again
-        # from before the checkpoint). Only their heads are read, not every entity the tenant ever had.
-        flagged = await log.entities((CommandFailed.TYPE, EntityRedriven.TYPE), tenant=name)
+        # Where entities stand: those read above, and those whose latest mark is a failure or a re-drive (one may
+        # need sending again from before the checkpoint). Only their heads are read, not every entity's.
+        flagged = await log.entities((CommandFailed.TYPE, EntityRedriven.TYPE), tenant=name, newest_of=MARK_TYPES)
         wanted = {e for e in flagged if stage.owns(e)} | commands.keys()
         marks = {e: ev for (_, e), ev in (await log.latest(MARK_TYPES, tenant=name, entities=wanted)).items()}
 
