@@ -393,7 +393,16 @@ def read_sql(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> tuple[str, list[Any]]:
-    """The query behind one page of `read` (its last parameter, the page size, is left to the caller)."""
+    """The query behind one page of `read` (its last parameter, the page size, is left to the caller).
+
+    One tenant's events of several types are read as one `(tenant, type)` index range per type, merged in position
+    order (UNION ALL … ORDER BY): a page costs its own rows, never a sort of everything after the checkpoint.
+    """
+    names = list(dict.fromkeys(types)) if types is not None else []
+    if tenant is not None and entity is None and len(names) > 1:
+        parts = [read_sql(after=after, upto=upto, tenant=tenant, types=[n], since=since, until=until) for n in names]
+        union = " UNION ALL ".join(sql.removesuffix(" ORDER BY position LIMIT ?") for sql, _ in parts)
+        return f"{union} ORDER BY position LIMIT ?", [p for _, params in parts for p in params]
     where, params = _filters(
         tenant=tenant,
         entity=entity,
@@ -561,17 +570,20 @@ class SqliteEventLog:
         """Stream matching events in position order, `batch_size` rows per query (keyset paging)."""
         if types is not None and not types:
             return
-        sql, first = read_sql(
-            after=after, upto=upto, tenant=tenant, entity=entity, types=types, since=since, until=until
-        )
-        params = first[1:]
+
+        def page(start: int) -> asyncio.Future[list[Any]]:
+            sql, params = read_sql(
+                after=start, upto=upto, tenant=tenant, entity=entity, types=types, since=since, until=until
+            )
+            return asyncio.ensure_future(self._fetch(sql, [*params, batch_size]))
+
         # The next page is fetched on the reader's thread while this one is decoded here.
-        pending = asyncio.ensure_future(self._fetch(sql, [after, *params, batch_size]))
+        pending = page(after)
         try:
             while True:
                 rows = await pending
                 if len(rows) == batch_size:
-                    pending = asyncio.ensure_future(self._fetch(sql, [rows[-1][0], *params, batch_size]))
+                    pending = page(rows[-1][0])
                 for stored in _rows_to_events(rows):
                     yield stored
                 if len(rows) < batch_size:
