@@ -10,6 +10,9 @@
 - `sql`: read-only SQL against the log, on a connection of its own that may only read, with a time limit.
 
 `resolve` turns what an operator types (a SKU, an order or invoice number) into the entity keys of the log.
+
+One exception writes, and only derived data: `rebuild_heads` recomputes the `entity_heads` table from the events
+(never touching an event) and says how many of its rows were wrong.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import anyio
 
 from pipeline.eventlog.base import EventLog, StoredEvent
-from pipeline.eventlog.sqlite import SqliteEventLog, untrusted_query
+from pipeline.eventlog.sqlite import HeadsRebuilt, SqliteEventLog, untrusted_query
 from pipeline.events import (
     OUTCOME_TYPES,
     CommandFailed,
@@ -246,3 +249,8 @@ async def stats(log: SqliteEventLog) -> list[tuple[Any, ...]]:
 async def sql(log: SqliteEventLog, query: str, *, timeout: float = 30.0) -> tuple[list[str], list[tuple[Any, ...]]]:
     """(column names, rows) of operator SQL: only reading is allowed, and it stops after `timeout` seconds."""
     return await anyio.to_thread.run_sync(lambda: untrusted_query(log.path, query, timeout=timeout))
+
+
+async def rebuild_heads(log: SqliteEventLog) -> HeadsRebuilt:
+    """Recompute `entity_heads` from the events (`pipeline audit rebuild-heads`)."""
+    return await log.rebuild_heads()

@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument(
         "--timeout", type=float, default=30.0, metavar="S", help="stop the query after S seconds (default: 30)"
     )
+    question("rebuild-heads", "recompute the derived entity_heads table from the events (repairs, never loses)")
 
     redrive = command("redrive", "release a quarantined entity so its latest command is sent again")
     redrive.add_argument("tenant", help="tenant name, as in the config")
@@ -166,6 +167,21 @@ def _time(text: str, name: str) -> datetime:
     except ValueError:
         raise ConfigError([f"{name}: expected an RFC 3339 date-time, got {text!r}"], "command line") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def _rebuild_heads(console: Console, settings: Settings, as_json: bool) -> int:
+    import orjson
+
+    from pipeline.audit import rebuild_heads
+    from pipeline.eventlog.sqlite import SqliteEventLog
+
+    async with await SqliteEventLog.open(settings.database) as log:
+        done = await rebuild_heads(log)
+    if as_json:
+        console.print_json(orjson.dumps({"heads": done.heads, "wrong": done.wrong}).decode())
+    else:
+        console.print(f"entity_heads rebuilt from the log: {done.heads} rows, {done.wrong} were wrong or missing")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -234,6 +250,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return anyio.run(operate.backup, console, settings, args.file)
     if args.command == "check":
         return anyio.run(operate.check, console, settings)
+    if args.command == "audit" and args.audit == "rebuild-heads":
+        return anyio.run(_rebuild_heads, console, settings, args.json)
     if args.command == "audit":
         if getattr(args, "since", None):
             args.since = _time(args.since, "--since")

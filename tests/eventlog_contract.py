@@ -166,3 +166,27 @@ class EventLogContract:
         assert [e.position for e in await log.caused_by([1])] == [3, 5]
         assert [e.position for e in await log.caused_by([2, 1, 99])] == [3, 4, 5]
         assert await log.caused_by([]) == []
+
+    @pytest.mark.anyio
+    async def test_latest_for_some_entities(self, log: EventLog) -> None:
+        """latest(entities=…) answers only for those entities; entities() names those with an event of the types."""
+        await log.append([product("a", i, 1.0) for i in range(1, 6)] + [product("b", 1, 1.0)])
+        await log.append([product("a", 2, 2.0), NewEvent("a", "product:3", CommandSucceeded(3, {}, 1), "a/ok/3")])
+        got = await log.latest(["product.observed"], tenant="a", entities=["product:2", "product:3", "product:9"])
+        assert {k: e.position for k, e in got.items()} == {("a", "product:2"): 7, ("a", "product:3"): 3}
+        both = await log.latest(["product.observed", "command.succeeded"], tenant="a", entities=["product:3"])
+        assert [e.type for e in both.values()] == ["command.succeeded"]
+        assert await log.latest(["product.observed"], tenant="a", entities=[]) == {}
+        many = await log.latest(["product.observed"], tenant="a", entities=[f"product:{i}" for i in range(2000)])
+        assert len(many) == 5
+        assert await log.entities(["command.succeeded"], tenant="a") == {"product:3"}
+        assert await log.entities(["product.observed"], tenant="b") == {"product:1"}
+        assert await log.entities([], tenant="a") == set()
+        # newest_of: only entities whose newest event of those types is of `types`
+        await log.append([product("a", 4, 7.0)])
+        await log.append([NewEvent("a", "product:4", CommandSucceeded(4, {}, 1), "a/ok/4")])
+        await log.append([product("a", 3, 7.0)])
+        newest_ok = await log.entities(
+            ["command.succeeded"], tenant="a", newest_of=["product.observed", "command.succeeded"]
+        )
+        assert newest_ok == {"product:4"}

@@ -4,7 +4,9 @@ Guarantees every implementation gives (and `tests/eventlog_contract.py` checks):
 - positions are unique, increasing, and never reused; rows are never changed or removed;
 - `append` is atomic: the events, the cursor moves and the checkpoint moves it is given all land, or none do;
 - an event whose dedupe key is already stored is skipped (counted in `AppendResult.skipped`), not an error;
-- `read` streams in position order in bounded batches (constant memory however long the log is).
+- `read` streams in position order in bounded batches (constant memory however long the log is);
+- `latest`, `entities` and a `read` of one tenant's types after a checkpoint cost what they answer, not the
+  length of the log: a cycle over unchanged data costs the same on a day's log as on a year's.
 """
 
 from __future__ import annotations
@@ -85,9 +87,24 @@ class EventLog(Protocol):
         ...
 
     async def latest(
-        self, types: Collection[str], *, tenant: str | None = None, entity: str | None = None
+        self,
+        types: Collection[str],
+        *,
+        tenant: str | None = None,
+        entity: str | None = None,
+        entities: Collection[str] | None = None,
     ) -> dict[tuple[str, str], StoredEvent]:
-        """The latest event of any of `types` for each (tenant, entity)."""
+        """The latest event of any of `types` for each (tenant, entity), optionally only for `entities`.
+
+        Costs the number of entities answered, not the length of their history.
+        """
+        ...
+
+    async def entities(
+        self, types: Collection[str], *, tenant: str, newest_of: Collection[str] | None = None
+    ) -> set[str]:
+        """The tenant's entities that have an event of `types` (without reading their events); with `newest_of`,
+        only those whose newest event of any of the `newest_of` types is of `types`."""
         ...
 
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:

@@ -2,7 +2,8 @@
 
 - Append-only is enforced by the database: triggers abort every UPDATE and DELETE on `events`.
 - `append` runs one `BEGIN IMMEDIATE … COMMIT` holding one `executemany` for the events plus the cursor and
-  checkpoint upserts, so a crash leaves all of it or none of it.
+  checkpoint upserts, so a crash leaves all of it or none of it. Appends that queue for the writer meanwhile
+  share the next transaction (group commit), each whole, in the order they came.
 - Duplicate dedupe keys are skipped by `ON CONFLICT DO NOTHING`; the row count tells appended from skipped.
 - Schema versions live in `PRAGMA user_version`; `MIGRATIONS[i]` takes a file from version i to i + 1. A file from
   a newer program is refused with `SchemaVersionError`.
@@ -24,6 +25,7 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +36,7 @@ import orjson
 
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
 from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent
-from pipeline.events import ROW_META, decode_dict, encode
+from pipeline.events import ROW_META, Event, decode_dict, encode, event_class
 
 Clock = Callable[[], datetime]
 OpenMode = Literal["create", "migrate", "existing"]
@@ -83,9 +85,43 @@ _V2 = """
 CREATE INDEX events_by_causation ON events (causation) WHERE causation IS NOT NULL;
 """
 
+# v3: a cycle's reads cost what changed, not the history.
+# - `entity_heads` holds the newest position per (tenant, type, entity): `latest()` reads it instead of grouping
+#   the tenant's whole history. It is derived data, kept by a trigger in the append's own transaction (a skipped
+#   duplicate inserts no row, so fires nothing) and rebuilt from `events` by this migration and by
+#   `SqliteEventLog.rebuild_heads` (`pipeline audit rebuild-heads`).
+# - `events_by_tenant_type` (its rows end in the position, as every index's do) serves "this tenant's events of
+#   these types after my checkpoint" as index ranges, whatever other tenants appended meanwhile.
+_V3 = """
+CREATE TABLE entity_heads (
+    tenant   TEXT    NOT NULL,
+    type     TEXT    NOT NULL,
+    entity   TEXT    NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (tenant, type, entity)
+) WITHOUT ROWID;
+INSERT INTO entity_heads (tenant, type, entity, position)
+    SELECT tenant, type, entity, max(position) FROM events GROUP BY tenant, type, entity;
+CREATE TRIGGER events_keep_heads AFTER INSERT ON events
+BEGIN
+    INSERT INTO entity_heads (tenant, type, entity, position) VALUES (NEW.tenant, NEW.type, NEW.entity, NEW.position)
+    ON CONFLICT (tenant, type, entity) DO UPDATE SET position = excluded.position
+    WHERE excluded.position > entity_heads.position;
+END;
+CREATE INDEX events_by_tenant_type ON events (tenant, type);
+"""
+
+_REBUILD_HEADS = (
+    "INSERT INTO entity_heads (tenant, type, entity, position)"
+    " SELECT tenant, type, entity, max(position) FROM events GROUP BY tenant, type, entity"
+)
+
 # MIGRATIONS[i] brings a database from user_version i to i + 1. Append new entries; never edit old ones.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# Bytes the `-wal` file is truncated to after a checkpoint (see `SqliteEventLog.open`).
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 _INSERT = (
     "INSERT INTO events (recorded_at, tenant, entity, type, schema_version, payload, causation,"
@@ -114,23 +150,51 @@ def parse_time(text: str) -> datetime:
 
 
 def _row_to_event(row: sqlite3.Row | tuple[Any, ...]) -> StoredEvent:
-    position, recorded, tenant, entity, type_, version, payload, causation, mapping_version, dedupe = row
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise CodecError(f"event {position}: payload is not JSON: {exc}") from exc
-    return StoredEvent(
-        position,
-        parse_time(recorded),
-        tenant,
-        entity,
-        type_,
-        version,
-        decode_dict(type_, version, data),
-        causation,
-        mapping_version,
-        dedupe,
-    )
+    return _rows_to_events([row])[0]
+
+
+_CLASSES: dict[str, type[Event]] = {}  # type name -> class, filled as types are met (CodecError if unknown)
+
+
+def _class_of(type_name: str) -> type[Event]:
+    cls = _CLASSES[type_name] = event_class(type_name)
+    return cls
+
+
+_new_stored = tuple.__new__  # StoredEvent(...) without the NamedTuple's Python-level __new__: scans build millions
+
+
+def _rows_to_events(rows: Sequence[sqlite3.Row | tuple[Any, ...]]) -> list[StoredEvent]:
+    """Decode a page of rows. The common case (a current schema version) is inlined: a scan's cost is this loop."""
+    out: list[StoredEvent] = []
+    append = out.append
+    loads = orjson.loads
+    classes = _CLASSES
+    times: dict[str, datetime] = {}
+    for row in rows:
+        position, recorded, tenant, entity, type_, version, payload, causation, mapping_version, dedupe = row
+        try:
+            data = loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise CodecError(f"event {position}: payload is not JSON: {exc}") from exc
+        cls = classes.get(type_) or _class_of(type_)
+        if version == cls.VERSION and type(data) is dict:
+            try:
+                event = cls(**data)
+            except TypeError as exc:
+                raise CodecError(f"bad payload for {type_} v{version}: {exc}") from exc
+        else:
+            event = decode_dict(type_, version, data)
+        when = times.get(recorded)
+        if when is None:
+            when = times[recorded] = parse_time(recorded)
+        append(
+            _new_stored(
+                StoredEvent,
+                (position, when, tenant, entity, type_, version, event, causation, mapping_version, dedupe),
+            )
+        )
+    return out
 
 
 async def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
@@ -283,6 +347,90 @@ def untrusted_query(path: str | Path, sql: str, *, timeout: float) -> tuple[list
         conn.close()
 
 
+@dataclass(eq=False, slots=True)
+class _Job:
+    """One caller's append, waiting for the writer: its rows, and what became of them."""
+
+    rows: list[tuple[Any, ...]]
+    cursor_rows: list[tuple[Any, ...]]
+    checkpoint_rows: list[tuple[Any, ...]]
+    outcome: AppendResult | sqlite3.Error | None = None
+
+
+def _append_group(conn: sqlite3.Connection, jobs: list[_Job]) -> list[AppendResult | sqlite3.Error]:
+    """Write `jobs` in one transaction; if that fails, each in its own, so one bad append fails only its caller.
+
+    Runs on the writer's thread: no await between the statements of a transaction.
+    """
+    if len(jobs) > 1:
+        try:
+            return _in_transaction(conn, jobs)
+        except sqlite3.Error:
+            pass  # e.g. one append breaks a constraint: find out which, alone
+    out: list[AppendResult | sqlite3.Error] = []
+    for job in jobs:
+        try:
+            out.extend(_in_transaction(conn, [job]))
+        except sqlite3.Error as exc:
+            out.append(exc)
+    return out
+
+
+def _in_transaction(conn: sqlite3.Connection, jobs: list[_Job]) -> list[AppendResult | sqlite3.Error]:
+    results: list[AppendResult | sqlite3.Error] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for job in jobs:
+            appended = conn.executemany(_INSERT, job.rows).rowcount if job.rows else 0
+            if job.cursor_rows:
+                conn.executemany(
+                    "INSERT INTO cursors (poller, tenant, value, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (poller, tenant) DO UPDATE SET value = excluded.value,"
+                    " updated_at = excluded.updated_at",
+                    job.cursor_rows,
+                )
+            if job.checkpoint_rows:
+                conn.executemany(
+                    "INSERT INTO checkpoints (stage, tenant, position, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (stage, tenant) DO UPDATE SET position = excluded.position,"
+                    " updated_at = excluded.updated_at",
+                    job.checkpoint_rows,
+                )
+            results.append(AppendResult(appended, len(job.rows) - appended))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+@dataclass(frozen=True, slots=True)
+class HeadsRebuilt:
+    heads: int  # rows in entity_heads after the rebuild
+    wrong: int  # rows that were missing, stale or extra before it (0 when the trigger kept it right)
+
+
+def _rebuild_heads_tx(conn: sqlite3.Connection) -> HeadsRebuilt:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        derived = "SELECT " + _REBUILD_HEADS.split(" SELECT ", 1)[1]
+        kept = "SELECT tenant, type, entity, position FROM entity_heads"
+        (wrong,) = conn.execute(
+            f"SELECT count(*) FROM (SELECT tenant, type, entity FROM ({derived} EXCEPT {kept}) UNION"
+            f" SELECT tenant, type, entity FROM ({kept} EXCEPT {derived}))"
+        ).fetchone()
+        conn.execute("DELETE FROM entity_heads")
+        conn.execute(_REBUILD_HEADS)
+        (heads,) = conn.execute("SELECT count(*) FROM entity_heads").fetchone()
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return HeadsRebuilt(int(heads), int(wrong))
+
+
 def _split(script: str) -> list[str]:
     """Split a migration script into statements (triggers contain `;` inside BEGIN … END)."""
     out: list[str] = []
@@ -324,6 +472,82 @@ def _filters(
     return where, params
 
 
+# SQLite caps the number of parameters per statement; lists longer than this are asked in chunks.
+_CHUNK = 500
+
+
+def latest_sql(
+    types: Collection[str],
+    *,
+    tenant: str | None = None,
+    entity: str | None = None,
+    entities: Collection[str] | None = None,
+) -> tuple[str, list[Any]]:
+    """The query behind `latest`: newest head per (tenant, entity) over `types`, then those rows of `events`."""
+    where, params = _filters(tenant=tenant, entity=entity, types=types)
+    if entities is not None:
+        names = list(entities)
+        where.append(f"entity IN ({', '.join('?' * len(names))})")
+        params.extend(names)
+    sql = (
+        f"SELECT {_COLUMNS} FROM events WHERE position IN ("
+        f"SELECT max(position) FROM entity_heads WHERE {' AND '.join(where)} GROUP BY tenant, entity)"
+    )
+    return sql, params
+
+
+def entities_sql(
+    types: Collection[str], *, tenant: str, newest_of: Collection[str] | None = None
+) -> tuple[str, list[Any]]:
+    """The query behind `entities`: heads only, one index search per type (and per entity for `newest_of`)."""
+    names = list(types)
+    sql = f"SELECT DISTINCT entity FROM entity_heads h WHERE tenant = ? AND type IN ({', '.join('?' * len(names))})"
+    params: list[Any] = [tenant, *names]
+    if newest_of is not None:
+        among = list(newest_of)
+        sql += (
+            " AND position = (SELECT max(position) FROM entity_heads WHERE tenant = h.tenant"
+            f" AND type IN ({', '.join('?' * len(among))}) AND entity = h.entity)"
+        )
+        params.extend(among)
+    return sql, params
+
+
+def read_sql(
+    *,
+    after: int = 0,
+    upto: int | None = None,
+    tenant: str | None = None,
+    entity: str | None = None,
+    types: Collection[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[str, list[Any]]:
+    """The query behind one page of `read` (its last parameter, the page size, is left to the caller).
+
+    One tenant's events of several types are read as one `(tenant, type)` index range per type, merged in position
+    order (UNION ALL … ORDER BY): a page costs its own rows, never a sort of everything after the checkpoint.
+    """
+    names = list(dict.fromkeys(types)) if types is not None else []
+    if tenant is not None and entity is None and len(names) > 1:
+        parts = [read_sql(after=after, upto=upto, tenant=tenant, types=[n], since=since, until=until) for n in names]
+        union = " UNION ALL ".join(sql.removesuffix(" ORDER BY position LIMIT ?") for sql, _ in parts)
+        return f"{union} ORDER BY position LIMIT ?", [p for _, params in parts for p in params]
+    where, params = _filters(
+        tenant=tenant,
+        entity=entity,
+        types=types,
+        since=format_time(since) if since else None,
+        until=format_time(until) if until else None,
+    )
+    where.insert(0, "position > ?")
+    params.insert(0, after)
+    if upto is not None:
+        where.append("position <= ?")
+        params.append(upto)
+    return f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT ?", params
+
+
 class SqliteEventLog:
     """`EventLog` on SQLite. Open with `await SqliteEventLog.open(path)`; close with `await log.close()`."""
 
@@ -333,6 +557,7 @@ class SqliteEventLog:
         self._reader = reader
         self._clock = clock
         self._write_lock = anyio.Lock()
+        self._queue: list[_Job] = []  # appends waiting for the writer (see `append`)
 
     @classmethod
     async def open(cls, path: str | Path, *, clock: Clock = utc_now, mode: OpenMode = "create") -> SqliteEventLog:
@@ -349,6 +574,10 @@ class SqliteEventLog:
             await writer.execute("PRAGMA journal_mode = WAL")
             await writer.execute("PRAGMA synchronous = NORMAL")
             await writer.execute("PRAGMA busy_timeout = 30000")
+            # The WAL is checkpointed every `wal_autocheckpoint` pages (SQLite's default, 1000: ~4 MB) by the
+            # committing writer; after a checkpoint the file is cut back to this size, so one big transaction (a
+            # backfill) does not leave a file that size behind for the rest of a long `run`.
+            await writer.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             await _on_thread(writer, _migrate, str(p), mode)
             reader = await aiosqlite.connect(p, isolation_level=None, timeout=30)
             await reader.execute("PRAGMA busy_timeout = 30000")
@@ -404,46 +633,53 @@ class SqliteEventLog:
         rows = self._rows(events, recorded)  # encode before taking the lock: a CodecError writes nothing
         cursor_rows = [(poller, tenant, value, recorded) for (poller, tenant), value in (cursors or {}).items()]
         checkpoint_rows = [(stage, tenant, pos, recorded) for (stage, tenant), pos in (checkpoints or {}).items()]
+        job = _Job(rows, cursor_rows, checkpoint_rows)
+        self._queue.append(job)
+        try:
+            async with self._write_lock:
+                if job.outcome is None:
+                    # Group commit: this holder writes every append queued meanwhile, each in its own order, in
+                    # one transaction (lanes recording outcomes side by side share one commit instead of queueing
+                    # for one each). Shielded: the other callers' answers must be handed out even if this one is
+                    # cancelled, and the transaction finishes on the thread anyway.
+                    group, self._queue = self._queue, []
+                    with anyio.CancelScope(shield=True):
+                        outcomes: list[AppendResult | sqlite3.Error] = await _on_thread(
+                            self._writer, _append_group, group
+                        )
+                    for queued, outcome in zip(group, outcomes, strict=True):
+                        queued.outcome = outcome
+        except BaseException:
+            if job in self._queue:  # cancelled before anyone wrote it: it never will be
+                self._queue.remove(job)
+            raise
+        if isinstance(job.outcome, sqlite3.Error):
+            raise StoreError(f"append to {self.path} failed: {job.outcome}") from job.outcome
+        assert job.outcome is not None
+        return job.outcome
+
+    async def rebuild_heads(self) -> HeadsRebuilt:
+        """Rebuild `entity_heads` from `events` in one transaction; say how many rows were wrong or missing.
+
+        The table is derived data, kept by a trigger as events are appended: this is for an operator who
+        doubts it (`pipeline audit rebuild-heads`), and costs one pass over the log.
+        """
         async with self._write_lock:
             try:
-                result: AppendResult = await _on_thread(
-                    self._writer, self._append_tx, rows, cursor_rows, checkpoint_rows
-                )
+                result: HeadsRebuilt = await _on_thread(self._writer, _rebuild_heads_tx)
                 return result
             except sqlite3.Error as exc:
-                raise StoreError(f"append to {self.path} failed: {exc}") from exc
+                raise StoreError(f"rebuilding entity_heads in {self.path} failed: {exc}") from exc
 
-    def _append_tx(
-        self,
-        conn: sqlite3.Connection,
-        rows: list[tuple[Any, ...]],
-        cursor_rows: list[tuple[Any, ...]],
-        checkpoint_rows: list[tuple[Any, ...]],
-    ) -> AppendResult:
-        # Runs on the writer's thread: one transaction, no await between its statements.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            appended = conn.executemany(_INSERT, rows).rowcount if rows else 0
-            if cursor_rows:
-                conn.executemany(
-                    "INSERT INTO cursors (poller, tenant, value, updated_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (poller, tenant) DO UPDATE SET value = excluded.value,"
-                    " updated_at = excluded.updated_at",
-                    cursor_rows,
-                )
-            if checkpoint_rows:
-                conn.executemany(
-                    "INSERT INTO checkpoints (stage, tenant, position, updated_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (stage, tenant) DO UPDATE SET position = excluded.position,"
-                    " updated_at = excluded.updated_at",
-                    checkpoint_rows,
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return AppendResult(appended, len(rows) - appended)
+    async def checkpoint_wal(self) -> int:
+        """Checkpoint the WAL into the database and truncate it; returns the `-wal` file's size afterwards."""
+        async with self._write_lock:
+            try:
+                await _on_thread(self._writer, lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+            except sqlite3.Error as exc:
+                raise StoreError(f"checkpointing the WAL of {self.path} failed: {exc}") from exc
+        wal = self.path.with_name(self.path.name + "-wal")
+        return wal.stat().st_size if wal.exists() else 0
 
     # ------------------------------------------------------------------------------------------------ reading
 
@@ -468,27 +704,22 @@ class SqliteEventLog:
         """Stream matching events in position order, `batch_size` rows per query (keyset paging)."""
         if types is not None and not types:
             return
-        where, params = _filters(
-            tenant=tenant,
-            entity=entity,
-            types=types,
-            since=format_time(since) if since else None,
-            until=format_time(until) if until else None,
-        )
-        where.insert(0, "position > ?")
-        if upto is not None:
-            where.append("position <= ?")
-            params.append(upto)
-        sql = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT ?"
+
+        def page(start: int) -> asyncio.Future[list[Any]]:
+            sql, params = read_sql(
+                after=start, upto=upto, tenant=tenant, entity=entity, types=types, since=since, until=until
+            )
+            return asyncio.ensure_future(self._fetch(sql, [*params, batch_size]))
+
         # The next page is fetched on the reader's thread while this one is decoded here.
-        pending = asyncio.ensure_future(self._fetch(sql, [after, *params, batch_size]))
+        pending = page(after)
         try:
             while True:
                 rows = await pending
                 if len(rows) == batch_size:
-                    pending = asyncio.ensure_future(self._fetch(sql, [rows[-1][0], *params, batch_size]))
-                for row in rows:
-                    yield _row_to_event(row)
+                    pending = page(rows[-1][0])
+                for stored in _rows_to_events(rows):
+                    yield stored
                 if len(rows) < batch_size:
                     return
         finally:
@@ -498,17 +729,38 @@ class SqliteEventLog:
                     await pending
 
     async def latest(
-        self, types: Collection[str], *, tenant: str | None = None, entity: str | None = None
+        self,
+        types: Collection[str],
+        *,
+        tenant: str | None = None,
+        entity: str | None = None,
+        entities: Collection[str] | None = None,
     ) -> dict[tuple[str, str], StoredEvent]:
-        """The latest event of any of `types` per (tenant, entity)."""
-        if not types:
+        """The latest event of any of `types` per (tenant, entity), read through `entity_heads`."""
+        if not types or (entities is not None and not entities):
             return {}
-        where, params = _filters(tenant=tenant, entity=entity, types=types)
-        sql = (
-            f"SELECT {_COLUMNS} FROM events WHERE position IN ("
-            f"SELECT max(position) FROM events WHERE {' AND '.join(where)} GROUP BY tenant, entity)"
-        )
-        return {(e.tenant, e.entity): e for e in map(_row_to_event, await self._fetch(sql, params))}
+        out: dict[tuple[str, str], StoredEvent] = {}
+        chunks: list[list[str] | None] = [None]
+        if entities is not None:
+            wanted = sorted(set(entities))
+            chunks = [wanted[i : i + _CHUNK] for i in range(0, len(wanted), _CHUNK)]
+        for chunk in chunks:
+            sql, params = latest_sql(types, tenant=tenant, entity=entity, entities=chunk)
+            out.update(((e.tenant, e.entity), e) for e in _rows_to_events(await self._fetch(sql, params)))
+        return out
+
+    async def entities(
+        self, types: Collection[str], *, tenant: str, newest_of: Collection[str] | None = None
+    ) -> set[str]:
+        """The tenant's entities that have an event of `types` (from `entity_heads`: no history scan).
+
+        With `newest_of`, only those whose newest event of any of `newest_of` is of `types` (for example the
+        entities whose latest outcome is a failure), still without reading an event.
+        """
+        if not types:
+            return set()
+        sql, params = entities_sql(types, tenant=tenant, newest_of=newest_of)
+        return {str(row[0]) for row in await self._fetch(sql, params)}
 
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:
         """The events whose causation is one of `positions`, in position order."""
@@ -517,7 +769,7 @@ class SqliteEventLog:
         for i in range(0, len(wanted), 500):  # SQLite caps the number of parameters per statement
             chunk = wanted[i : i + 500]
             sql = f"SELECT {_COLUMNS} FROM events WHERE causation IN ({', '.join('?' * len(chunk))})"
-            out.extend(map(_row_to_event, await self._fetch(sql, chunk)))
+            out.extend(_rows_to_events(await self._fetch(sql, chunk)))
         return sorted(out, key=lambda e: e.position)
 
     async def get(self, position: int) -> StoredEvent | None:

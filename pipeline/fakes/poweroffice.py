@@ -27,7 +27,8 @@ What it does like the real one:
 - **Errors** are ProblemDetails: PascalCase keys as in the spec for 404s and bad resource parameters, lower-case
   keys (as once observed) for validation errors.
 
-Test hooks: `requests` (a `LoggedRequest` per request; `key` is `"<subscription tag>/<client tag>"`, tags from
+Test hooks: `requests` (a `LoggedRequest` per request, the newest `requests_kept` of them, so a long run's
+memory stays flat; `requests_served` counts them all; `key` is `"<subscription tag>/<client tag>"`, tags from
 `key_tag`, never the keys), `faults` (a `FaultScript`, matched against the path plus `?query`),
 and mutation helpers that bump the right timestamps (`set_price`, `set_stock`, `pay_invoice`, `change_address`…).
 """
@@ -142,6 +143,8 @@ class FakePowerOffice:
         self.page_size_cap: int | None = None
         self.max_url_length = 2000
         self.requests: list[LoggedRequest] = []
+        self.requests_kept = 20_000
+        self.requests_served = 0
         self.faults = FaultScript()
         self.tokens_issued = 0
         self._companies: dict[str, Company] = {}
@@ -322,6 +325,9 @@ class FakePowerOffice:
                     key,
                 )
             )
+            self.requests_served += 1
+            if len(self.requests) > 2 * self.requests_kept:  # trimmed in halves: amortised O(1) per request
+                del self.requests[: len(self.requests) - self.requests_kept]
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         sub = request.headers.get(SUBSCRIPTION_HEADER) or request.query.get("subscription-key")

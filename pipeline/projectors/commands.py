@@ -409,18 +409,21 @@ def command_dedupe_key(tenant: str, entity: str, source: int, fp: str) -> str:
 
 async def project(log_: EventLog, tenant: TenantSettings, *, batch_size: int = 500) -> ProjectResult:
     """Project the tenant's new observations into commands. Raises StoreError if the log fails."""
-    state = await Projection.load(log_, tenant)
     result = ProjectResult()
     after = await log_.checkpoint(STAGE, tenant.name)
+    state: Projection | None = None  # loaded only when there is something to project: a quiet cycle reads no state
     batch: list[StoredEvent] = []
     async for stored in log_.read(after=after, tenant=tenant.name, types=OBSERVED, batch_size=batch_size):
         batch.append(stored)
         if len(batch) >= batch_size:
+            state = state or await Projection.load(log_, tenant)
             await _project_batch(log_, state, batch, result)
             batch = []
     if batch:
+        state = state or await Projection.load(log_, tenant)
         await _project_batch(log_, state, batch, result)
-    await _settle_code_conflicts(log_, state, result)
+    if state is not None:  # conflicts change only with new product observations
+        await _settle_code_conflicts(log_, state, result)
     return result
 
 

@@ -354,15 +354,6 @@ class _Lane:
         self.checkpoint = await log.checkpoint(stage.name, name)
         head = await log.max_position()
 
-        async def latest(types: Sequence[str]) -> dict[str, StoredEvent]:
-            return {e: ev for (_, e), ev in (await log.latest(types, tenant=name)).items() if stage.owns(e)}
-
-        marks = await latest(MARK_TYPES)
-        attempts = await latest(ATTEMPT_TYPES)
-        standing = await latest(STANDING_TYPES)
-        successes = await latest([CommandSucceeded.TYPE])
-        self.view.delivered = {e: ev.event for e, ev in successes.items() if isinstance(ev.event, CommandSucceeded)}
-
         commands: list[StoredEvent] = []
         outcomes: dict[int, list[Event]] = defaultdict(list)
         async for stored in log.read(
@@ -374,6 +365,32 @@ class _Lane:
                 commands.append(stored)
             else:
                 outcomes[_command_of(stored.event)].append(stored.event)
+
+        # Where entities stand: those read above, and those whose newest mark (or newest success, failure or
+        # re-drive) is a failure or a re-drive: quarantined, failed transiently or re-driven. Their heads alone are
+        # read (`entity_heads`), never every entity's, so a quiet cycle costs the same however long the history.
+        flagged = set()
+        for newest_of in (MARK_TYPES, STANDING_TYPES):
+            flagged |= await log.entities((CommandFailed.TYPE, EntityRedriven.TYPE), tenant=name, newest_of=newest_of)
+        wanted = {e for e in flagged if stage.owns(e)} | {c.entity for c in commands}
+
+        async def latest(types: Sequence[str]) -> dict[str, StoredEvent]:
+            if not wanted:
+                return {}
+            found = await log.latest(types, tenant=name, entities=wanted)
+            return {e: ev for (_, e), ev in found.items() if stage.owns(e)}
+
+        marks = await latest(MARK_TYPES)
+        attempts = await latest(ATTEMPT_TYPES)
+        standing = await latest(STANDING_TYPES)
+        self.view.delivered = {}
+        if commands or marks:  # what was delivered matters only to a lane that may have something to send
+            successes = {
+                e: ev
+                for (_, e), ev in (await log.latest([CommandSucceeded.TYPE], tenant=name)).items()
+                if stage.owns(e)
+            }
+            self.view.delivered = {e: ev.event for e, ev in successes.items() if isinstance(ev.event, CommandSucceeded)}
         seen = {c.entity for c in commands}
         # Entities to pick up from before the checkpoint: re-driven, or failed transiently (a log written before
         # the checkpoint stayed below such commands).
