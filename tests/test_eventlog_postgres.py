@@ -1,0 +1,244 @@
+"""The PostgreSQL event log: the shared contract, plus what only the database can show.
+
+These tests need a server: set `PIPELINE_TEST_POSTGRES` to a DSN (`.ci/run` starts one and sets it). Without it
+they skip, saying so. Each test works in a schema of its own, dropped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from pipeline import events as ev
+from pipeline.errors import CodecError, SchemaVersionError, StoreError
+from pipeline.eventlog import is_postgres, open_log
+from pipeline.eventlog.base import EventLog
+from tests.eventlog_contract import EventLogContract, StepClock, product
+
+DSN = os.environ.get("PIPELINE_TEST_POSTGRES", "")
+PREFIX = "pipeline_test_"
+
+pytestmark = pytest.mark.skipif(
+    not DSN, reason="PostgreSQL tests skipped: PIPELINE_TEST_POSTGRES is not set (no server to run them against)"
+)
+
+
+async def _drop_test_schemas() -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(DSN)
+    try:
+        names = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", PREFIX + "%")
+        for (name,) in names:
+            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _clean_schemas() -> Iterator[None]:
+    if DSN:
+        asyncio.run(_drop_test_schemas())
+    yield
+    if DSN:
+        asyncio.run(_drop_test_schemas())
+
+
+def new_schema() -> str:
+    return PREFIX + uuid.uuid4().hex[:12]
+
+
+async def open_pg(clock: StepClock | None = None, schema: str | None = None, **kw: Any) -> Any:
+    from pipeline.eventlog.postgres import PostgresEventLog
+
+    return await PostgresEventLog.open(DSN, clock=clock or StepClock(), schema=schema or new_schema(), **kw)
+
+
+async def connect(schema: str) -> Any:
+    import asyncpg
+
+    return await asyncpg.connect(DSN, server_settings={"search_path": schema})
+
+
+class TestPostgresContract(EventLogContract):
+    async def open_log(self, path: Path, clock: StepClock) -> EventLog:
+        log: EventLog = await open_pg(clock)
+        return log
+
+
+@pytest.fixture
+def schema() -> str:
+    return new_schema()
+
+
+@pytest.mark.anyio
+async def test_database_refuses_update_delete_and_truncate(schema: str) -> None:
+    """Triggers in the database refuse UPDATE, DELETE and TRUNCATE on events, whoever connects."""
+    import asyncpg
+
+    async with await open_pg(schema=schema) as log:
+        await log.append([product("a", 1, 1.0)])
+    conn = await connect(schema)
+    try:
+        for statement in ("UPDATE events SET tenant = 'x'", "DELETE FROM events", "TRUNCATE events"):
+            with pytest.raises(asyncpg.RaiseError, match="append-only"):
+                await conn.execute(statement)
+        assert await conn.fetchval("SELECT count(*) FROM events") == 1
+    finally:
+        await conn.close()
+
+
+@pytest.mark.anyio
+async def test_positions_dense_and_heads_kept_in_the_append(schema: str) -> None:
+    """Skipped duplicates (stored before, or repeated inside one append) use no position; heads follow at once."""
+    async with await open_pg(schema=schema) as log:
+        await log.append([product("a", 1, 1.0)])
+        result = await log.append([product("a", 1, 1.0), product("a", 2, 1.0), product("a", 2, 1.0)])
+        assert (result.appended, result.skipped) == (1, 2)
+        await log.append([product("a", 1, 2.0)])
+        assert [e.position async for e in log.read()] == [1, 2, 3]
+    conn = await connect(schema)
+    try:
+        heads = await conn.fetch("SELECT entity, position FROM entity_heads ORDER BY entity")
+        assert [tuple(r) for r in heads] == [("product:1", 3), ("product:2", 2)]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.anyio
+async def test_failed_append_writes_nothing(schema: str) -> None:
+    """An unencodable event, or a failing statement, leaves events, cursors and checkpoints as they were."""
+    async with await open_pg(schema=schema) as log:
+        bad = product("a", 2, 1.0)
+        bad = type(bad)(bad.tenant, bad.entity, ev.ProductObserved({"x": {1, 2}}), "bad")
+        with pytest.raises(CodecError):
+            await log.append([product("a", 1, 1.0), bad], cursors={("p", "a"): "moved"})
+        with pytest.raises(StoreError, match="append to"):  # a checkpoint past bigint fails inside the transaction
+            await log.append([product("a", 1, 1.0)], cursors={("p", "a"): "moved"}, checkpoints={("s", "a"): 2**70})
+        assert await log.max_position() == 0
+        assert await log.cursor("p", "a") is None
+        await log.append([product("a", 1, 1.0)])
+        assert await log.max_position() == 1
+
+
+@pytest.mark.anyio
+async def test_audit_query_is_read_only_with_a_timeout(schema: str) -> None:
+    """query() runs in a read-only transaction: writes are refused, and a runaway query is cancelled."""
+    from pipeline.eventlog import postgres
+
+    async with await open_pg(schema=schema) as log:
+        await log.append([product("a", 7, 12.5)])
+        assert await log.query("SELECT (payload->'product'->>'UnitPrice')::float FROM events") == [(12.5,)]
+        with pytest.raises(StoreError, match="read-only"):
+            await log.query("INSERT INTO cursors VALUES ('a', 'b', 'c', now())")
+        old = postgres.QUERY_TIMEOUT_MS
+        postgres.QUERY_TIMEOUT_MS = 50
+        try:
+            with pytest.raises(StoreError, match="statement timeout"):
+                await log.query("SELECT pg_sleep(5)")
+        finally:
+            postgres.QUERY_TIMEOUT_MS = old
+
+
+@pytest.mark.anyio
+async def test_schema_versions(schema: str) -> None:
+    """A database at version 1 is migrated forward keeping its events; a newer one is refused; reopening keeps all."""
+    from pipeline.eventlog.postgres import MIGRATIONS, SCHEMA_VERSION
+
+    conn = await connect(schema)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(MIGRATIONS[0])
+        await conn.execute(
+            "CREATE TABLE pipeline_schema (version integer NOT NULL); INSERT INTO pipeline_schema VALUES (1)"
+        )
+        await conn.execute(
+            "INSERT INTO events (position, recorded_at, tenant, entity, type, schema_version, payload, dedupe_key)"
+            " VALUES (1, now(), 'a', 'product:1', 'product.observed', 1, $1, 'k')",
+            '{"product": {"Id": 1}, "group": null}',
+        )
+    finally:
+        await conn.close()
+    async with await open_pg(schema=schema) as log:
+        assert [e.entity async for e in log.read()] == ["product:1"]
+        assert list(await log.latest(["product.observed"])) == [("a", "product:1")]  # heads built by the migration
+        await log.append([product("a", 2, 1.0)], cursors={("p", "a"): "c1"}, checkpoints={("s", "a"): 2})
+    async with await open_pg(schema=schema) as log:
+        assert (await log.max_position(), await log.cursor("p", "a"), await log.checkpoint("s", "a")) == (2, "c1", 2)
+    conn = await connect(schema)
+    try:
+        assert await conn.fetchval("SELECT version FROM pipeline_schema") == SCHEMA_VERSION
+        await conn.execute("UPDATE pipeline_schema SET version = $1", SCHEMA_VERSION + 1)
+    finally:
+        await conn.close()
+    with pytest.raises(SchemaVersionError, match="understands up to"):
+        await open_pg(schema=schema)
+
+
+@pytest.mark.anyio
+async def test_concurrent_writers_never_let_a_reader_skip_a_position(schema: str) -> None:
+    """Six writers append side by side while a reader follows with `after=<last seen>`: it sees every position
+    exactly once, in order, with none left behind by a later commit of a smaller position."""
+    writers, appends, size = 6, 25, 7
+    logs = [await open_pg(schema=schema, pool_size=2) for _ in range(writers)]
+    reader = await open_pg(schema=schema)
+    seen: list[int] = []
+    done = anyio.Event()
+
+    async def write(w: int) -> None:
+        for i in range(appends):
+            await logs[w].append([product(f"t{w}", i * size + k, 1.0) for k in range(size)])
+
+    async def follow() -> None:
+        while True:
+            finished = done.is_set()
+            async for e in reader.read(after=seen[-1] if seen else 0, batch_size=50):
+                seen.append(e.position)
+            if finished:
+                return
+            await anyio.lowlevel.checkpoint()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            async with anyio.create_task_group() as wg:
+                for w in range(writers):
+                    wg.start_soon(write, w)
+            done.set()
+        total = writers * appends * size
+        assert await reader.max_position() == total
+        assert seen == list(range(1, total + 1))
+    finally:
+        for log in [*logs, reader]:
+            await log.close()
+
+
+@pytest.mark.anyio
+async def test_open_log_picks_the_store_by_the_database(tmp_path: Path) -> None:
+    """A postgresql:// database opens the PostgreSQL log; a path opens the SQLite file; a bad server is a StoreError
+    that does not show the password."""
+    from pipeline.eventlog.postgres import PostgresEventLog
+    from pipeline.eventlog.sqlite import SqliteEventLog
+
+    assert is_postgres(DSN)
+    assert not is_postgres(tmp_path / "x.db")
+    log = await open_log(DSN)
+    try:
+        assert isinstance(log, PostgresEventLog)
+    finally:
+        await log.close()
+    lite = await open_log(tmp_path / "x.db")
+    try:
+        assert isinstance(lite, SqliteEventLog)
+    finally:
+        await lite.close()
+    with pytest.raises(StoreError) as info:
+        await open_log("postgresql://someone:s3cret-pw@127.0.0.1:1/nowhere")
+    assert "s3cret-pw" not in str(info.value)
