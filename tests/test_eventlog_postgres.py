@@ -21,13 +21,12 @@ from pipeline.errors import CodecError, SchemaVersionError, StoreError
 from pipeline.eventlog import is_postgres, open_log
 from pipeline.eventlog.base import EventLog
 from tests.eventlog_contract import EventLogContract, StepClock, product
+from tests.postgres_server import unavailable
 
 DSN = os.environ.get("PIPELINE_TEST_POSTGRES", "")
 PREFIX = "pipeline_test_"
 
-pytestmark = pytest.mark.skipif(
-    not DSN, reason="PostgreSQL tests skipped: PIPELINE_TEST_POSTGRES is not set (no server to run them against)"
-)
+pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
 
 
 async def _drop_test_schemas() -> None:
@@ -44,10 +43,10 @@ async def _drop_test_schemas() -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def _clean_schemas() -> Iterator[None]:
-    if DSN:
+    if unavailable() is None:
         asyncio.run(_drop_test_schemas())
     yield
-    if DSN:
+    if unavailable() is None:
         asyncio.run(_drop_test_schemas())
 
 
