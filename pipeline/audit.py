@@ -14,10 +14,10 @@ One exception writes, and only derived data: `rebuild_heads` recomputes the `ent
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.eventlog.base import EventLog, StoredEvent
-from pipeline.eventlog.sqlite import HeadsRebuilt, SqliteEventLog
+from pipeline.eventlog.sqlite import HeadsRebuilt
 from pipeline.events import (
     OBSERVED_TYPES,
     OUTCOME_TYPES,
@@ -26,6 +26,9 @@ from pipeline.events import (
     MappingFailed,
     to_dict,
 )
+
+if TYPE_CHECKING:
+    from pipeline.eventlog import AnyLog
 
 
 @dataclass(frozen=True)
@@ -148,14 +151,14 @@ async def failures(log: EventLog, tenant: str | None = None) -> list[Row]:
     return [to_row(e) for e in sorted(out + failed_sources, key=lambda e: e.position)]
 
 
-async def stats(log: SqliteEventLog) -> list[tuple[Any, ...]]:
+async def stats(log: AnyLog) -> list[tuple[Any, ...]]:
     return await log.query("SELECT tenant, type, count(*) FROM events GROUP BY tenant, type ORDER BY tenant, type")
 
 
-async def sql(log: SqliteEventLog, query: str) -> list[tuple[Any, ...]]:
+async def sql(log: AnyLog, query: str) -> list[tuple[Any, ...]]:
     return await log.query(query)
 
 
-async def rebuild_heads(log: SqliteEventLog) -> HeadsRebuilt:
+async def rebuild_heads(log: AnyLog) -> HeadsRebuilt:
     """Recompute `entity_heads` from the events (`pipeline audit rebuild-heads`)."""
     return await log.rebuild_heads()

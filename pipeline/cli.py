@@ -88,9 +88,9 @@ async def _rebuild_heads(console: Console, settings: Settings, as_json: bool) ->
     import orjson
 
     from pipeline.audit import rebuild_heads
-    from pipeline.eventlog.sqlite import SqliteEventLog
+    from pipeline.eventlog import open_log
 
-    async with await SqliteEventLog.open(settings.database) as log:
+    async with await open_log(settings.database) as log:
         done = await rebuild_heads(log)
     if as_json:
         console.print_json(orjson.dumps({"heads": done.heads, "wrong": done.wrong}).decode())

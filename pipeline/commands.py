@@ -17,8 +17,8 @@ from pipeline import audit as audit_
 from pipeline import console as out
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.eventlog import open_log
 from pipeline.eventlog.base import NewEvent
-from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import EntityRedriven
 from pipeline.replay import Kind
 from pipeline.replay import replay as replay_
@@ -102,7 +102,7 @@ async def replay(
     dry_run: bool,
     resend_orders: bool,
 ) -> int:
-    async with await SqliteEventLog.open(settings.database) as log_:
+    async with await open_log(settings.database) as log_:
         report = await replay_(
             log_,
             settings,
@@ -120,7 +120,7 @@ async def replay(
 
 
 async def audit(console: Console, settings: Settings, args: argparse.Namespace) -> int:
-    async with await SqliteEventLog.open(settings.database) as log_:
+    async with await open_log(settings.database) as log_:
         if args.audit == "history":
             out.print_rows(console, await audit_.history(log_, args.tenant, args.entity), as_json=args.json)
         elif args.audit == "lineage":
@@ -141,7 +141,7 @@ async def audit(console: Console, settings: Settings, args: argparse.Namespace) 
 async def redrive(console: Console, settings: Settings, tenant: str, entity: str, reason: str) -> int:
     if tenant not in {t.name for t in settings.tenants}:
         raise ConfigError([f"no tenant named {tenant!r}"], "command line")
-    async with await SqliteEventLog.open(settings.database) as log_:
+    async with await open_log(settings.database) as log_:
         stamp = await log_.max_position()
         event = EntityRedriven(reason=reason, by="operator")
         await log_.append([NewEvent(tenant, entity, event, f"{tenant}/{entity}/redrive/{stamp}")])

@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import aiohttp
 import anyio
@@ -28,11 +29,14 @@ from pipeline.clients.poweroffice import PowerOfficeClient
 from pipeline.clients.ratelimit import LimiterRegistry
 from pipeline.config import Settings, TenantSettings
 from pipeline.errors import ApiError, AuthError, StoreError
-from pipeline.eventlog.sqlite import SqliteEventLog
+from pipeline.eventlog import open_log
 from pipeline.pollers.ongoing_stock import poll_stock
 from pipeline.pollers.poweroffice import poll_invoices, poll_products
 from pipeline.projectors.commands import project
 from pipeline.senders import Sender, SendSummary
+
+if TYPE_CHECKING:
+    from pipeline.eventlog import AnyLog
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ class Runtime:
         self.clock = clock
         self.policy = policy or RetryPolicy()
         self._stack = AsyncExitStack()
-        self.log: SqliteEventLog
+        self.log: AnyLog
         self.session: aiohttp.ClientSession
         self.poweroffice: PowerOfficeClient
         self.ongoing: OngoingClient
@@ -93,7 +97,7 @@ class Runtime:
 
     async def __aenter__(self) -> Runtime:
         try:
-            self.log = await SqliteEventLog.open(self.settings.database, clock=self.clock)
+            self.log = await open_log(self.settings.database, clock=self.clock)
             self._stack.push_async_callback(self.log.close)
             self.session = await self._stack.enter_async_context(aiohttp.ClientSession())
             po = self.settings.poweroffice

@@ -6,7 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from pipeline.config import load_settings
+from pipeline.errors import ConfigError
 from pipeline.eventlog import is_postgres
+from tests.test_config import ENV, GOOD, write
 
 
 def test_database_names_its_store() -> None:
@@ -40,3 +45,15 @@ anyio.run(main)
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["SqliteEventLog", "1"]
+
+
+def test_config_takes_a_postgres_url_with_the_password_from_the_environment(tmp_path: Path) -> None:
+    """`database = "postgresql://…"` stays a URL (not a path), ${ENV} expanded; its password is not in the repr;
+    a missing variable is a config error."""
+    text = GOOD.replace('"data/pipeline.db"', '"postgresql://pipeline:${PG_PASSWORD}@db.example:5432/log"')
+    s = load_settings(write(tmp_path, text), env={**ENV, "PG_PASSWORD": "pg-secret-6"})
+    assert s.database == "postgresql://pipeline:pg-secret-6@db.example:5432/log"
+    assert is_postgres(s.database)
+    assert "pg-secret-6" not in repr(s)
+    with pytest.raises(ConfigError, match="PG_PASSWORD is not set"):
+        load_settings(write(tmp_path, text), env=ENV)

@@ -8,8 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from pipeline.eventlog.postgres import PostgresEventLog
     from pipeline.eventlog.sqlite import SqliteEventLog
+
+    # Either store, with what both give beyond `EventLog` (audit `query`, `rebuild_heads`, `async with`).
+    AnyLog: TypeAlias = SqliteEventLog | PostgresEventLog
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 

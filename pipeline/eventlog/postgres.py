@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +30,7 @@ import orjson
 
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
 from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent
+from pipeline.eventlog.sqlite import HeadsRebuilt
 from pipeline.events import ROW_META, Event, decode_dict, encode, event_class
 
 Clock = Callable[[], datetime]
@@ -283,12 +283,6 @@ def read_sql(
     if until is not None:
         where.append(f"recorded_at < {p(until)}")
     return f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT {p(limit)}", p.values
-
-
-@dataclass(frozen=True, slots=True)
-class HeadsRebuilt:
-    heads: int
-    wrong: int
 
 
 class PostgresEventLog:
