@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("entity")
     redrive.add_argument("--reason", default="operator re-drive")
 
+    migrate_log = sub.add_parser(
+        "migrate-log", help="copy a SQLite event log into PostgreSQL (cursors and checkpoints too), then verify it"
+    )
+    migrate_log.add_argument("--from", dest="source", required=True, metavar="FILE", help="the SQLite log")
+    migrate_log.add_argument(
+        "--to", dest="target", required=True, metavar="URL", help="postgresql://… (password: PGPASSWORD or .pgpass)"
+    )
+
     fakes = sub.add_parser("fakes", help="serve both fake APIs on localhost for manual runs")
     fakes.add_argument("--host", default="127.0.0.1")
     fakes.add_argument("--poweroffice-port", type=int, default=8081)
@@ -96,6 +104,23 @@ async def _rebuild_heads(console: Console, settings: Settings, as_json: bool) ->
         console.print_json(orjson.dumps({"heads": done.heads, "wrong": done.wrong}).decode())
     else:
         console.print(f"entity_heads rebuilt from the log: {done.heads} rows, {done.wrong} were wrong or missing")
+    return EXIT_OK
+
+
+async def _migrate_log(console: Console, source: str, target: str) -> int:
+    from pathlib import Path
+
+    from pipeline.eventlog import is_postgres
+    from pipeline.eventlog.migrate import migrate_log
+    from pipeline.eventlog.postgres import redact
+
+    if not is_postgres(target):
+        raise ConfigError([f"--to: expected a postgresql:// URL, got {redact(target)!r}"], "command line")
+    done = await migrate_log(Path(source), target)
+    console.print(
+        f"{redact(target)}: {done.events} events ({done.copied} copied now), {done.cursors} cursors,"
+        f" {done.checkpoints} checkpoints; verified, sha256 {done.checksum}"
+    )
     return EXIT_OK
 
 
@@ -139,6 +164,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             args.tenants,
             args.write_config,
         )
+    if args.command == "migrate-log":
+        return anyio.run(_migrate_log, console, args.source, args.target)
     settings = _settings(args)
     if args.command == "sync":
         return anyio.run(commands.sync, console, settings)

@@ -19,7 +19,7 @@ import pytest
 from pipeline import events as ev
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
 from pipeline.eventlog import is_postgres, open_log
-from pipeline.eventlog.base import EventLog
+from pipeline.eventlog.base import EventLog, NewEvent
 from tests.eventlog_contract import EventLogContract, StepClock, product
 from tests.postgres_server import unavailable
 
@@ -241,3 +241,97 @@ async def test_open_log_picks_the_store_by_the_database(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as info:
         await open_log("postgresql://someone:s3cret-pw@127.0.0.1:1/nowhere")
     assert "s3cret-pw" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ migrate-log
+
+
+async def _sqlite_log_with_history(path: Path, clock: StepClock) -> None:
+    from pipeline.eventlog.sqlite import SqliteEventLog
+
+    async with await SqliteEventLog.open(path, clock=clock) as log:
+        await log.append([product("a", i, 1.0) for i in range(1, 8)] + [product("b", 1, 2.5)])
+        clock.advance(90.123456)
+        await log.append(
+            [
+                product("a", 1, 1.0),
+                NewEvent("a", "x", ev.CommandSucceeded(1, {"id": "ø"}, 2), "k1", causation=1, mapping_version=3),
+            ],
+            cursors={("products", "a"): "2026-11-01T00:00:00Z"},
+            checkpoints={("projector", "a"): 8},
+        )
+
+
+async def _all(log: Any) -> list[Any]:
+    return [e async for e in log.read(batch_size=3)]
+
+
+@pytest.mark.anyio
+async def test_migrate_log_copies_verifies_and_is_idempotent(tmp_path: Path, schema: str) -> None:
+    """migrate-log copies events (positions, times, payloads, envelopes), cursors and checkpoints; a second run
+    copies nothing; after the SQLite log grows, a third copies only the new events; heads answer as in SQLite."""
+    from pipeline.eventlog.migrate import migrate_log
+    from pipeline.eventlog.sqlite import SqliteEventLog
+
+    clock = StepClock()
+    path = tmp_path / "pipeline.db"
+    await _sqlite_log_with_history(path, clock)
+    first = await migrate_log(path, DSN, schema=schema)
+    assert (first.events, first.copied, first.cursors, first.checkpoints) == (9, 9, 1, 1)
+    again = await migrate_log(path, DSN, schema=schema)
+    assert (again.events, again.copied, again.checksum) == (9, 0, first.checksum)
+    async with await SqliteEventLog.open(path, clock=clock) as lite:
+        await lite.append([product("a", 9, 9.0)], checkpoints={("projector", "a"): 10})
+    third = await migrate_log(path, DSN, schema=schema)
+    assert (third.events, third.copied) == (10, 1)
+    async with await SqliteEventLog.open(path) as lite, await open_pg(schema=schema) as pg:
+        assert await _all(pg) == await _all(lite)
+        assert await pg.cursor("products", "a") == "2026-11-01T00:00:00Z"
+        assert await pg.checkpoint("projector", "a") == 10
+        types = ["product.observed", "command.succeeded"]
+        assert await pg.latest(types, tenant="a") == await lite.latest(types, tenant="a")
+        # and the PostgreSQL log goes on from there
+        assert (await pg.append([product("a", 10, 1.0)])).appended == 1
+        assert await pg.max_position() == 11
+
+
+@pytest.mark.anyio
+async def test_migrate_log_refuses_a_target_that_is_another_log(tmp_path: Path, schema: str) -> None:
+    """A target whose events are not the start of the source's is refused before anything is copied."""
+    from pipeline.eventlog.migrate import MigrationError, migrate_log
+
+    path = tmp_path / "pipeline.db"
+    await _sqlite_log_with_history(path, StepClock())
+    async with await open_pg(schema=schema) as pg:
+        await pg.append([product("z", 1, 1.0)])
+    with pytest.raises(MigrationError, match="not a copy of this log"):
+        await migrate_log(path, DSN, schema=schema)
+    async with await open_pg(schema=schema) as pg:
+        assert await pg.max_position() == 1
+    with pytest.raises(MigrationError, match="no such SQLite event log"):
+        await migrate_log(tmp_path / "missing.db", DSN, schema=schema)
+
+
+def test_migrate_log_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`pipeline migrate-log --from FILE --to URL` copies and says what it verified; a non-PostgreSQL --to is a
+    usage error."""
+    from pipeline.cli import main
+
+    schema = new_schema()
+    path = tmp_path / "pipeline.db"
+    asyncio.run(_sqlite_log_with_history(path, StepClock()))
+
+    async def make_schema() -> None:
+        conn = await connect(schema)
+        try:
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(make_schema())
+    target = f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}"
+    assert main(["migrate-log", "--from", str(path), "--to", target]) == 0
+    out = capsys.readouterr().out
+    assert "9 events (9 copied now), 1 cursors, 1 checkpoints; verified, sha256" in out
+    assert main(["migrate-log", "--from", str(path), "--to", str(tmp_path / "other.db")]) == 2
+    assert "expected a postgresql:// URL" in capsys.readouterr().err

@@ -367,6 +367,18 @@ class PostgresEventLog:
             raise
         return AppendResult(appended, len(events) - appended)
 
+    async def write_raw(self, sql: str, params: Sequence[Any]) -> None:
+        """Run one writing statement under the append lock, in its own transaction (for `migrate-log`, which
+        copies events with the positions they already have)."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+                await conn.execute(sql, *params)
+        except Exception as exc:
+            if _is_store_error(exc):
+                raise StoreError(f"write to {self.path} failed: {exc}") from exc
+            raise
+
     async def rebuild_heads(self) -> HeadsRebuilt:
         """Rebuild `entity_heads` from `events` in one transaction; say how many rows were wrong or missing."""
         derived = "SELECT tenant, type, entity, max(position) FROM events GROUP BY tenant, type, entity"
