@@ -21,6 +21,8 @@ Same contract as the SQLite log (`tests/eventlog_contract.py`), with the databas
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import UTC, datetime
@@ -424,8 +426,8 @@ class PostgresEventLog:
         """Stream matching events in position order, `batch_size` rows per query (keyset paging)."""
         if types is not None and not types:
             return
-        start = after
-        while True:
+
+        def page(start: int) -> asyncio.Future[list[Any]]:
             sql, params = read_sql(
                 after=start,
                 upto=upto,
@@ -436,12 +438,24 @@ class PostgresEventLog:
                 until=until,
                 limit=batch_size,
             )
-            rows = await self._fetch(sql, params)
-            for stored in rows_to_events(rows):
-                yield stored
-            if len(rows) < batch_size:
-                return
-            start = rows[-1][0]
+            return asyncio.ensure_future(self._fetch(sql, params))
+
+        # The next page is fetched (on another pooled connection) while this one is decoded here.
+        pending = page(after)
+        try:
+            while True:
+                rows = await pending
+                if len(rows) == batch_size:
+                    pending = page(rows[-1][0])
+                for stored in rows_to_events(rows):
+                    yield stored
+                if len(rows) < batch_size:
+                    return
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
 
     async def latest(
         self,
