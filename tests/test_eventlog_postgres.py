@@ -335,3 +335,44 @@ def test_migrate_log_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "9 events (9 copied now), 1 cursors, 1 checkpoints; verified, sha256" in out
     assert main(["migrate-log", "--from", str(path), "--to", str(tmp_path / "other.db")]) == 2
     assert "expected a postgresql:// URL" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.anyio
+async def test_sync_on_postgres_end_to_end(tmp_path: Path, schema: str) -> None:
+    """The real runtime with `database = postgresql://…` against both fakes: every paid invoice becomes one order,
+    and a second cycle writes nothing to either API and appends nothing to the log."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from pipeline.fakes.world import fake_world
+    from pipeline.runtime import Runtime
+
+    now = datetime.now(UTC)
+    conn = await connect(schema)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+    finally:
+        await conn.close()
+    async with fake_world(2, products=15, customers=6, invoices=15, now=now, requests_per_second=500) as world:
+        settings = dataclasses.replace(
+            world.settings(tmp_path / "unused.db", requests_per_second=500),
+            database=f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}",
+        )
+        async with Runtime(settings, clock=lambda: now) as runtime:
+            assert (await runtime.cycle()).exit_code == 0
+            before = await runtime.log.max_position()
+        assert before > 0
+        assert not (tmp_path / "unused.db").exists()
+        orders = {t.goods_owner_id: dict(world.ongoing.owner(t.goods_owner_id).orders) for t in world.tenants}
+        assert any(orders.values())
+        for t in world.tenants:
+            for order in orders[t.goods_owner_id].values():
+                assert world.ongoing.creations(t.goods_owner_id, order.body["orderNumber"]) == 1
+        writes = len(world.ongoing.writes())
+        async with Runtime(settings, clock=lambda: now) as runtime:
+            assert (await runtime.cycle()).exit_code == 0
+            assert await runtime.log.max_position() == before
+        assert len(world.ongoing.writes()) == writes
