@@ -376,3 +376,59 @@ async def test_sync_on_postgres_end_to_end(tmp_path: Path, schema: str) -> None:
             assert (await runtime.cycle()).exit_code == 0
             assert await runtime.log.max_position() == before
         assert len(world.ongoing.writes()) == writes
+
+
+# ------------------------------------------------------------------------------------------------ crash
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigkill_mid_batch_leaves_all_or_nothing(schema: str) -> None:
+    """Killed with SIGKILL at random points, the PostgreSQL log holds whole batches, a matching cursor, and
+    positions without a hole."""
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    async def make_schema() -> None:
+        conn = await connect(schema)
+        try:
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
+        finally:
+            await conn.close()
+
+    async def check() -> tuple[int, int]:
+        conn = await connect(schema)
+        try:
+            counts = dict(
+                await conn.fetch("SELECT (payload->'product'->>'batch')::int, count(*) FROM events GROUP BY 1")
+            )
+            cursor = int(await conn.fetchval("SELECT value FROM cursors WHERE poller = 'crash'") or 0)
+            total, top = await conn.fetchrow("SELECT count(*), coalesce(max(position), 0) FROM events")
+        finally:
+            await conn.close()
+        assert all(n == 300 for n in counts.values()), counts
+        assert sorted(counts) == list(range(1, cursor + 1))
+        assert total == top
+        return len(counts), cursor
+
+    asyncio.run(make_schema())
+    target = f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}"
+    script = Path(__file__).with_name("crash_append.py")
+    rng = random.Random(1234)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    last = 0
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, str(script), target], stdout=subprocess.PIPE, text=True, env=env)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        for _ in range(rng.randint(1, 4)):
+            proc.stdout.readline()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        _, cursor = asyncio.run(check())
+        assert cursor >= last
+        last = cursor
+    assert last >= 8
