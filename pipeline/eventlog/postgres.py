@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import orjson
 
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
@@ -295,6 +296,7 @@ class PostgresEventLog:
         self.path = redact(dsn)  # named in messages, like the SQLite log's file
         self._pool = pool
         self._clock = clock
+        self._write_lock = anyio.Lock()
 
     @classmethod
     async def open(
@@ -352,7 +354,9 @@ class PostgresEventLog:
             raise ValueError("naive datetime: the log records UTC times only")
         cols = encode_columns(events)  # before the transaction: a CodecError writes nothing
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            # One writer per process at a time (appends queue here rather than each holding a pooled connection
+            # while it waits for the advisory lock, which readers need); the advisory lock orders the processes.
+            async with self._write_lock, self._pool.acquire() as conn, conn.transaction():
                 appended = 0
                 if events:
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
