@@ -112,6 +112,23 @@ async def test_positions_dense_and_heads_kept_in_the_append(schema: str) -> None
 
 
 @pytest.mark.anyio
+async def test_rebuild_heads_repairs_and_counts(schema: str) -> None:
+    """rebuild_heads() recomputes entity_heads from the events and says how many rows were wrong or missing."""
+    async with await open_pg(schema=schema) as log:
+        await log.append([product("a", 1, 1.0), product("a", 2, 1.0), product("a", 1, 2.0)])
+        assert (await log.rebuild_heads()).wrong == 0
+        conn = await connect(schema)
+        try:
+            await conn.execute("UPDATE entity_heads SET position = 1 WHERE entity = 'product:1'")
+            await conn.execute("DELETE FROM entity_heads WHERE entity = 'product:2'")
+        finally:
+            await conn.close()
+        done = await log.rebuild_heads()
+        assert (done.heads, done.wrong) == (2, 2)
+        assert (await log.latest(["product.observed"]))[("a", "product:1")].position == 3
+
+
+@pytest.mark.anyio
 async def test_failed_append_writes_nothing(schema: str) -> None:
     """An unencodable event, or a failing statement, leaves events, cursors and checkpoints as they were."""
     async with await open_pg(schema=schema) as log:
