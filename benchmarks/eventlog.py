@@ -12,6 +12,14 @@ the pipeline's `read` (typed events) and a raw baseline (a plain sqlite3 cursor 
 of each payload) take turns, best of `--rounds` each; `scan_ratio` = pipeline events/s ÷ raw events/s.
 The machine is shared: single runs move by tens of percent, hence the alternation and the best of several.
 Last line: `RESULT append_eps=… raw_eps=… append_ratio=… scan_eps=… raw_scan_eps=… scan_ratio=… scan_peak_rss_mb=…`.
+
+    .venv/bin/python benchmarks/eventlog.py --store postgres [--dsn postgresql://…] [--append N] [--scan N]
+
+The same on a PostgreSQL server (`--dsn`, default `$PIPELINE_TEST_POSTGRES`), each run in schemas of its own that
+are dropped afterwards. The baseline is raw asyncpg on the same schema (the real migrations: indexes, append-only
+and heads triggers): one `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING` per batch with positions numbered
+by the client, in a transaction; and for the scan a server-side cursor over the same rows, `orjson.loads` of each
+payload. The pipeline's append adds the advisory lock, the dedupe check and the numbering inside the statement.
 """
 
 from __future__ import annotations
@@ -175,6 +183,211 @@ def scan_child(path: str, rounds: int) -> None:
     print(orjson.dumps({"count": count, "elapsed": min(api), "raw": min(raw), "peak_mb": peak_mb}).decode())
 
 
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+
+
+async def pg_schema(dsn: str, name: str, migrate: bool) -> None:
+    import asyncpg
+
+    from pipeline.eventlog.postgres import MIGRATIONS as PG_MIGRATIONS
+    from pipeline.eventlog.postgres import SCHEMA_VERSION as PG_VERSION
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE; CREATE SCHEMA "{name}"')
+        if migrate:
+            await conn.execute(f'SET search_path = "{name}"')
+            for script in PG_MIGRATIONS:
+                await conn.execute(script)
+            await conn.execute("CREATE TABLE pipeline_schema (version integer NOT NULL)")
+            await conn.execute(f"INSERT INTO pipeline_schema VALUES ({PG_VERSION})")
+    finally:
+        await conn.close()
+
+
+async def pg_drop(dsn: str, names: list[str]) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        for name in names:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def pg_api_append(dsn: str, schema: str, n: int, batch: int) -> float:
+    from pipeline.eventlog.postgres import PostgresEventLog
+
+    log = await PostgresEventLog.open(dsn, schema=schema)
+    try:
+        t0 = time.perf_counter()
+        for start in range(0, n, batch):
+            page = records(start, min(n, start + batch))
+            await log.append(
+                [
+                    NewEvent("bench", f"product:{p['Id']}", ProductObserved(p), f"bench/product:{p['Id']}@1")
+                    for p in page
+                ]
+            )
+        return time.perf_counter() - t0
+    finally:
+        await log.close()
+
+
+_PG_RAW_INSERT = """
+INSERT INTO events (position, recorded_at, tenant, entity, type, schema_version, payload, causation, mapping_version,
+                    dedupe_key)
+SELECT position, $2, 'bench', entity, 'product.observed', 1, payload::json, NULL, NULL, dedupe_key
+FROM unnest($1::bigint[], $3::text[], $4::text[], $5::text[]) AS r(position, entity, payload, dedupe_key)
+ON CONFLICT (dedupe_key) DO NOTHING
+"""
+
+
+async def pg_raw_append(dsn: str, schema: str, n: int, batch: int) -> float:
+    import asyncpg
+
+    await pg_schema(dsn, schema, True)
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        recorded = datetime.now(UTC)
+        t0 = time.perf_counter()
+        for start in range(0, n, batch):
+            page = records(start, min(n, start + batch))
+            positions = list(range(start + 1, start + len(page) + 1))
+            entities = [f"product:{p['Id']}" for p in page]
+            payloads = [orjson.dumps({"product": p, "group": None}).decode() for p in page]
+            keys = [f"bench/product:{p['Id']}@1" for p in page]
+            async with conn.transaction():
+                await conn.execute(_PG_RAW_INSERT, positions, recorded, entities, payloads, keys)
+        return time.perf_counter() - t0
+    finally:
+        await conn.close()
+
+
+async def pg_fill(dsn: str, schema: str, n: int) -> None:
+    from pipeline.eventlog.postgres import PostgresEventLog
+
+    log = await PostgresEventLog.open(dsn, schema=schema)
+    try:
+        for start in range(0, n, 5000):
+            await log.append(events(min(5000, n - start), start))
+    finally:
+        await log.close()
+
+
+async def pg_scan(dsn: str, schema: str) -> tuple[int, float]:
+    from pipeline.eventlog.postgres import PostgresEventLog
+
+    log = await PostgresEventLog.open(dsn, schema=schema)
+    try:
+        count = 0
+        t0 = time.perf_counter()
+        async for e in log.read(batch_size=2000):
+            count += 1
+            assert e.event.TYPE == "product.observed"
+        return count, time.perf_counter() - t0
+    finally:
+        await log.close()
+
+
+async def pg_raw_scan(dsn: str, schema: str) -> tuple[int, float]:
+    """The floor: a server-side asyncpg cursor over the same rows, decoding each payload with orjson."""
+    import asyncpg
+
+    from pipeline.eventlog.postgres import COLUMNS as PG_COLUMNS
+
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        count = 0
+        loads = orjson.loads
+        t0 = time.perf_counter()
+        async with conn.transaction():
+            async for row in conn.cursor(f"SELECT {PG_COLUMNS} FROM events ORDER BY position", prefetch=2000):
+                count += 1
+                assert loads(row[6])["product"]
+        return count, time.perf_counter() - t0
+    finally:
+        await conn.close()
+
+
+def pg_scan_child(dsn: str, schema: str, rounds: int) -> None:
+    api, raw = [], []
+    count = 0
+    for _ in range(rounds):
+        count, elapsed = anyio.run(pg_scan, dsn, schema)
+        api.append(elapsed)
+        raw_count, raw_elapsed = anyio.run(pg_raw_scan, dsn, schema)
+        assert raw_count == count
+        raw.append(raw_elapsed)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(orjson.dumps({"count": count, "elapsed": min(api), "raw": min(raw), "peak_mb": peak_mb}).decode())
+
+
+def main_postgres(args: argparse.Namespace) -> None:
+    import os
+    import uuid
+
+    dsn = args.dsn or os.environ.get("PIPELINE_TEST_POSTGRES", "")
+    if not dsn:
+        raise SystemExit("--store postgres needs --dsn postgresql://… (or PIPELINE_TEST_POSTGRES)")
+    tag = uuid.uuid4().hex[:8]
+    schemas: list[str] = []
+    try:
+        api_times, raw_times = [], []
+        for round_ in range(args.rounds):
+            raw_schema, api_schema = f"bench_{tag}_raw{round_}", f"bench_{tag}_api{round_}"
+            schemas += [raw_schema, api_schema]
+            raw_times.append(anyio.run(pg_raw_append, dsn, raw_schema, args.append, args.batch))
+            anyio.run(pg_schema, dsn, api_schema, False)
+            api_times.append(anyio.run(pg_api_append, dsn, api_schema, args.append, args.batch))
+            anyio.run(pg_drop, dsn, [raw_schema, api_schema])
+        api_eps = args.append / min(api_times)
+        raw_eps = args.append / min(raw_times)
+        print(f"postgres append: {args.append} events x ~600 B, batches of {args.batch}, best of {args.rounds} rounds")
+        print(f"  pipeline API      {api_eps:>10,.0f} events/s  (runs: {', '.join(f'{t:.2f}s' for t in api_times)})")
+        print(f"  raw asyncpg       {raw_eps:>10,.0f} events/s  (runs: {', '.join(f'{t:.2f}s' for t in raw_times)})")
+        print(f"  ratio             {api_eps / raw_eps:.3f}")
+
+        scan_schema = f"bench_{tag}_scan"
+        schemas.append(scan_schema)
+        anyio.run(pg_schema, dsn, scan_schema, False)
+        t0 = time.perf_counter()
+        anyio.run(pg_fill, dsn, scan_schema, args.scan)
+        print(f"scan: filled {args.scan:,} events in {time.perf_counter() - t0:.1f}s")
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--store",
+                "postgres",
+                "--dsn",
+                dsn,
+                "--scan-child",
+                scan_schema,
+                "--rounds",
+                str(args.rounds),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result = orjson.loads(out.stdout.strip().splitlines()[-1])
+        assert result["count"] == args.scan, result
+        scan_eps = result["count"] / result["elapsed"]
+        raw_scan_eps = result["count"] / result["raw"]
+        print(f"  read + decode     {scan_eps:>10,.0f} events/s, peak RSS {result['peak_mb']:.1f} MB")
+        print(f"  raw cursor+loads  {raw_scan_eps:>10,.0f} events/s")
+        print(f"  ratio             {scan_eps / raw_scan_eps:.3f}")
+        print(
+            f"RESULT store=postgres append_eps={api_eps:.0f} raw_eps={raw_eps:.0f} append_ratio={api_eps / raw_eps:.3f}"
+            f" scan_eps={scan_eps:.0f} raw_scan_eps={raw_scan_eps:.0f} scan_ratio={scan_eps / raw_scan_eps:.3f}"
+            f" scan_peak_rss_mb={result['peak_mb']:.1f}"
+        )
+    finally:
+        anyio.run(pg_drop, dsn, schemas)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--append", type=int, default=200_000)
@@ -182,9 +395,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scan-child")
+    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--dsn", help="the PostgreSQL server for --store postgres (default: $PIPELINE_TEST_POSTGRES)")
     args = parser.parse_args()
+    if args.store == "postgres" and args.scan_child:
+        pg_scan_child(args.dsn, args.scan_child, args.rounds)
+        return
     if args.scan_child:
         scan_child(args.scan_child, args.rounds)
+        return
+    if args.store == "postgres":
+        main_postgres(args)
         return
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)

@@ -18,7 +18,7 @@ One exception writes, and only derived data: `rebuild_heads` recomputes the `ent
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -34,6 +34,9 @@ from pipeline.events import (
     to_dict,
 )
 from pipeline.problems import standing_problems
+
+if TYPE_CHECKING:
+    from pipeline.eventlog import AnyLog
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ async def lineage(log: EventLog, position: int) -> list[Row]:
 ENTITY_KINDS = ("product", "invoice", "article", "order", "stock", "stockback")
 
 
-async def resolve(log: SqliteEventLog, tenant: str, text: str) -> list[str]:
+async def resolve(log: AnyLog, tenant: str, text: str) -> list[str]:
     """The entity keys in the log that `text` stands for: itself if it is a key (`product:7001007`); for a SKU its
     product, article, stock and stock write-back; for an order or invoice number its invoice and order. Empty if
     the log has none of them."""
@@ -174,7 +177,7 @@ async def resolve(log: SqliteEventLog, tenant: str, text: str) -> list[str]:
     return sorted(entity for (entity,) in present)
 
 
-async def _named(log: SqliteEventLog, tenant: str, text: str) -> set[str]:
+async def _named(log: AnyLog, tenant: str, text: str) -> set[str]:
     """Entity keys for a SKU, an order number or an invoice number (as JSON text or number in the payloads)."""
     found = {f"article:{text}", f"stock:{text}"}  # a SKU is the article number
     product_ids = await log.query(
@@ -224,7 +227,7 @@ async def quarantined(log: SqliteEventLog) -> dict[str, int]:
     return {tenant: int(n) for tenant, n in rows}
 
 
-async def tenants(log: SqliteEventLog) -> set[str]:
+async def tenants(log: AnyLog) -> set[str]:
     """The tenants that have events in the log."""
     return {name for (name,) in await log.query("SELECT DISTINCT tenant FROM events")}
 
@@ -242,15 +245,20 @@ async def failures(log: EventLog, tenant: str | None = None) -> list[Row]:
     return [to_row(e) for e in sorted(found.values(), key=lambda e: e.position)]
 
 
-async def stats(log: SqliteEventLog) -> list[tuple[Any, ...]]:
+async def stats(log: AnyLog) -> list[tuple[Any, ...]]:
     return await log.query("SELECT tenant, type, count(*) FROM events GROUP BY tenant, type ORDER BY tenant, type")
 
 
-async def sql(log: SqliteEventLog, query: str, *, timeout: float = 30.0) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """(column names, rows) of operator SQL: only reading is allowed, and it stops after `timeout` seconds."""
-    return await anyio.to_thread.run_sync(lambda: untrusted_query(log.path, query, timeout=timeout))
+async def sql(log: AnyLog, query: str, *, timeout: float = 30.0) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """(column names, rows) of operator SQL: only reading is allowed, and it stops after `timeout` seconds. (On
+    PostgreSQL: a read-only transaction with a statement timeout; columns are numbered.)"""
+    if isinstance(log, SqliteEventLog):
+        path = log.path
+        return await anyio.to_thread.run_sync(lambda: untrusted_query(path, query, timeout=timeout))
+    rows = await log.query(query)
+    return [f"c{i}" for i in range(len(rows[0]) if rows else 0)], rows
 
 
-async def rebuild_heads(log: SqliteEventLog) -> HeadsRebuilt:
+async def rebuild_heads(log: AnyLog) -> HeadsRebuilt:
     """Recompute `entity_heads` from the events (`pipeline audit rebuild-heads`)."""
     return await log.rebuild_heads()

@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--repair", action="store_true", help="append the commands that fix what may be fixed")
     reconcile.add_argument("--json", action="store_true", help="machine-readable output")
 
+    migrate_log = command(
+        "migrate-log", "copy a SQLite event log into PostgreSQL (cursors and checkpoints too), then verify it"
+    )
+    migrate_log.add_argument("--from", dest="source", required=True, metavar="FILE", help="the SQLite log")
+    migrate_log.add_argument(
+        "--to", dest="target", required=True, metavar="URL", help="postgresql://… (password: PGPASSWORD or .pgpass)"
+    )
+
     fakes = command("fakes", "serve both fake APIs on localhost for manual runs")
     fakes.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     fakes.add_argument("--poweroffice-port", type=int, default=8081, help="PowerOffice port (0: any free port)")
@@ -173,14 +181,31 @@ async def _rebuild_heads(console: Console, settings: Settings, as_json: bool) ->
     import orjson
 
     from pipeline.audit import rebuild_heads
-    from pipeline.eventlog.sqlite import SqliteEventLog
+    from pipeline.eventlog import open_log
 
-    async with await SqliteEventLog.open(settings.database) as log:
+    async with await open_log(settings.database, mode="existing") as log:
         done = await rebuild_heads(log)
     if as_json:
         console.print_json(orjson.dumps({"heads": done.heads, "wrong": done.wrong}).decode())
     else:
         console.print(f"entity_heads rebuilt from the log: {done.heads} rows, {done.wrong} were wrong or missing")
+    return EXIT_OK
+
+
+async def _migrate_log(console: Console, source: str, target: str) -> int:
+    from pathlib import Path
+
+    from pipeline.eventlog import is_postgres
+    from pipeline.eventlog.migrate import migrate_log
+    from pipeline.eventlog.postgres import redact
+
+    if not is_postgres(target):
+        raise ConfigError([f"--to: expected a postgresql:// URL, got {redact(target)!r}"], "command line")
+    done = await migrate_log(Path(source), target)
+    console.print(
+        f"{redact(target)}: {done.events} events ({done.copied} copied now), {done.cursors} cursors,"
+        f" {done.checkpoints} checkpoints; verified, sha256 {done.checksum}"
+    )
     return EXIT_OK
 
 
@@ -222,6 +247,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             args.every if args.activity else None,
             args.seed,
         )
+    if args.command == "migrate-log":
+        return anyio.run(_migrate_log, console, args.source, args.target)
     settings = _settings(args)
     if args.command == "sync":
         return anyio.run(commands.sync, console, settings)

@@ -21,6 +21,7 @@ from pipeline import audit as audit_
 from pipeline import console as out
 from pipeline.config import Settings, reload_settings
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.eventlog import open_log
 from pipeline.eventlog.base import EventLog, NewEvent
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import OUTCOME_TYPES, CommandFailed, EntityRedriven
@@ -30,6 +31,7 @@ from pipeline.replay import replay as replay_
 from pipeline.runtime import EXIT_CYCLE_FAILED, CycleReport, Runtime, TenantState, describe_failure, fatal_error
 
 if TYPE_CHECKING:
+    from pipeline.eventlog import AnyLog
     from pipeline.web import Status
 
 log = logging.getLogger(__name__)
@@ -140,7 +142,8 @@ async def run_forever(
             anyio.create_task_group() as tg,
         ):
             console.print(f"status: {url}/  health: {url}/livez {url}/readyz  metrics: {url}/metrics")
-            await status.attach(runtime.store, runtime.poweroffice.limiter)
+            if isinstance(runtime.store, SqliteEventLog):  # the page's log queries are SQLite's
+                await status.attach(runtime.store, runtime.poweroffice.limiter)
             if started:
                 started(url)
             if signals:
@@ -244,7 +247,7 @@ async def replay(
     dry_run: bool,
     resend_orders: bool,
 ) -> int:
-    async with await SqliteEventLog.open(settings.database, mode="existing") as log_:
+    async with await open_log(settings.database, mode="existing") as log_:
         report = await replay_(
             log_,
             settings,
@@ -261,7 +264,7 @@ async def replay(
 
 
 async def audit(console: Console, settings: Settings, args: argparse.Namespace) -> int:
-    async with await SqliteEventLog.open(settings.database, mode="existing") as log_:
+    async with await open_log(settings.database, mode="existing") as log_:
         tenant = getattr(args, "tenant", None)
         if tenant is not None:
             await _known_tenant(log_, settings, tenant)
@@ -296,7 +299,7 @@ async def audit(console: Console, settings: Settings, args: argparse.Namespace) 
     return 0
 
 
-async def _known_tenant(log_: SqliteEventLog, settings: Settings, tenant: str) -> None:
+async def _known_tenant(log_: AnyLog, settings: Settings, tenant: str) -> None:
     """A tenant of the config, or one the log still holds events of; anything else is a typing error."""
     if tenant in {t.name for t in settings.tenants} or tenant in await audit_.tenants(log_):
         return
@@ -309,7 +312,7 @@ async def redrive(console: Console, settings: Settings, tenant: str, entity: str
     if tenant not in {t.name for t in settings.tenants}:
         names = ", ".join(t.name for t in settings.tenants)
         raise ConfigError([f"no tenant named {tenant!r} (the config has: {names})"], "command line")
-    async with await SqliteEventLog.open(settings.database, mode="existing") as log_:
+    async with await open_log(settings.database, mode="existing") as log_:
         if not await log_.query("SELECT 1 FROM events WHERE tenant = ? AND entity = ? LIMIT 1", (tenant, entity)):
             raise ConfigError(
                 [f"{tenant} has no entity {entity!r} in the log (`pipeline audit failures` lists the quarantined)"],

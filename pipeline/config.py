@@ -102,7 +102,8 @@ class TenantSettings:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    database: Path
+    # The SQLite file, or a `postgresql://…` URL (PostgreSQL event log; see `pipeline.eventlog.open_log`).
+    database: Path | str = field(repr=False)  # a URL may hold a password
     poweroffice: PowerOfficeSettings
     ongoing: OngoingSettings
     tenants: tuple[TenantSettings, ...]
@@ -408,7 +409,11 @@ def parse_settings(
     """
     c = _Checker(env, base, secrets)
     c.unknown("", raw, _TOP)
-    database = c.path("", raw, "database")
+    database: Path | str
+    if isinstance(raw.get("database"), str) and raw["database"].startswith(("postgresql://", "postgres://")):
+        database = c.string("", raw, "database") or ""  # a server's URL, ${ENV} expanded; not a path
+    else:
+        database = c.path("", raw, "database")
     interval = c.number("", raw, "interval_seconds", 900.0, minimum=1, maximum=_DAY)
     status_host = c.string("", raw, "status_host", "127.0.0.1") or "127.0.0.1"
     status_port = c.integer("", raw, "status_port", 8765, minimum=0, maximum=65535)

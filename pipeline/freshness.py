@@ -15,6 +15,11 @@ change times that cannot be read.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.eventlog import AnyLog
+
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,7 +31,7 @@ import orjson
 
 from pipeline.clients.poweroffice import parse_timestamp
 from pipeline.eventlog.base import EventLog
-from pipeline.eventlog.sqlite import SqliteEventLog, format_time
+from pipeline.eventlog.sqlite import format_time
 from pipeline.eventlog.sqlite import parse_time as parse_recorded
 from pipeline.events import CommandSucceeded, InvoiceObserved, ProductObserved, StockObserved, to_dict
 
@@ -103,7 +108,7 @@ ORDER BY s.position
 """
 
 
-async def from_log(log: SqliteEventLog, *, since: datetime | None = None, tenant: str | None = None) -> list[Sample]:
+async def from_log(log: AnyLog, *, since: datetime | None = None, tenant: str | None = None) -> list[Sample]:
     """Every delivery's freshness since `since` (all when None), optionally of one tenant: one SQL join over the
     read-only connection, for `audit stats`."""
     params: list[Any] = [CommandSucceeded.TYPE, *KINDS, format_time(since) if since else ""]

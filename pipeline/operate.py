@@ -16,7 +16,7 @@ from pipeline.clients.ongoing import OngoingClient
 from pipeline.clients.poweroffice import PowerOfficeClient
 from pipeline.clients.ratelimit import LimiterRegistry
 from pipeline.config import Settings, TenantSettings
-from pipeline.errors import ApiError, StoreError
+from pipeline.errors import ApiError, ConfigError, StoreError
 from pipeline.eventlog.sqlite import SCHEMA_VERSION, SqliteEventLog, backup_file, backup_path, schema_version
 
 # `check` is interactive: a dead host should fail in seconds, not after the service's two minutes of retries.
@@ -30,7 +30,10 @@ class Verdict:
 
 
 async def migrate(console: Console, settings: Settings) -> int:
-    """Upgrade an existing log to this release's schema, copying it to `<db>.v<N>.bak` first."""
+    """Upgrade an existing log to this release's schema, copying it to `<db>.v<N>.bak` first. (A PostgreSQL log
+    upgrades itself when `sync` or `run` opens it; back it up with PostgreSQL's own tools.)"""
+    if isinstance(settings.database, str):
+        raise ConfigError(["database: migrate works on a SQLite file; a PostgreSQL log upgrades when opened"])
     before = schema_version(settings.database)
     if before == SCHEMA_VERSION:
         console.print(f"{settings.database}: schema v{before} is current; nothing to do", highlight=False)
@@ -120,6 +123,8 @@ def _cell(v: Verdict) -> str:
 
 
 def _log_state(settings: Settings) -> str:
+    if isinstance(settings.database, str):
+        return "a PostgreSQL log (not inspected here)"
     if not settings.database.exists():
         return f"{settings.database} does not exist yet; the first sync creates it"
     try:

@@ -44,6 +44,7 @@ from pipeline.clients.ongoing import WAREHOUSE_STARTED_STATUS, TenantOngoing, or
 from pipeline.clients.poweroffice import TenantPowerOffice, parse_timestamp
 from pipeline.config import Settings, TenantSettings
 from pipeline.errors import ApiError, MappingError, PermanentApiError
+from pipeline.eventlog import open_log
 from pipeline.eventlog.base import EventLog, NewEvent, StoredEvent
 from pipeline.events import (
     ArticleUpsertRequested,
@@ -891,7 +892,6 @@ async def run(
     from pipeline.clients.ongoing import OngoingClient
     from pipeline.clients.poweroffice import PowerOfficeClient
     from pipeline.clients.ratelimit import LimiterRegistry
-    from pipeline.eventlog.sqlite import SqliteEventLog
 
     po_settings = settings.poweroffice
     counter = RequestCounter(
@@ -902,7 +902,7 @@ async def run(
     )
     limiters = LimiterRegistry(po_settings.requests_per_second)
     async with (
-        await SqliteEventLog.open(settings.database) as log,
+        await open_log(settings.database, mode="existing") as log,
         aiohttp.ClientSession(trace_configs=[counter.trace]) as session,
     ):
         po = PowerOfficeClient(session, po_settings, limiters.for_key(po_settings.subscription_key.reveal()))

@@ -36,8 +36,9 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 import anyio
@@ -49,6 +50,7 @@ from pipeline.clients.poweroffice import PowerOfficeClient
 from pipeline.clients.ratelimit import LimiterRegistry
 from pipeline.config import Settings, TenantSettings
 from pipeline.errors import ApiError, AuthError, ConfigError, SchemaVersionError, StoreError, trim
+from pipeline.eventlog import is_postgres, open_log
 from pipeline.eventlog.base import EventLog
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.lease import Lease
@@ -57,6 +59,9 @@ from pipeline.pollers.poweroffice import poll_invoices, poll_products
 from pipeline.problems import standing_problems
 from pipeline.projectors.commands import project
 from pipeline.senders import Breakers, Sender, SendSummary
+
+if TYPE_CHECKING:
+    from pipeline.eventlog import AnyLog
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +227,7 @@ class Runtime:
         self._wrap_log = wrap_log
         self._stack = AsyncExitStack()
         self.log: EventLog
-        self.store: SqliteEventLog
+        self.store: AnyLog
         self.session: aiohttp.ClientSession
         self.poweroffice: PowerOfficeClient
         self.ongoing: OngoingClient
@@ -244,11 +249,16 @@ class Runtime:
 
     async def __aenter__(self) -> Runtime:
         try:
-            self._stack.enter_context(Lease(self.settings.database, self.command))
-            opened = await SqliteEventLog.open(self.settings.database, clock=self.clock)
+            opened: AnyLog
+            if is_postgres(self.settings.database):
+                # The database coordinates its own writers; a lock file beside it has no place to live.
+                opened = await open_log(self.settings.database, clock=self.clock)
+            else:
+                self._stack.enter_context(Lease(Path(self.settings.database), self.command))
+                opened = await SqliteEventLog.open(self.settings.database, clock=self.clock)
             self._stack.push_async_callback(opened.close)
             self.store = opened  # the log itself, for the read-only views (status page, audit queries)
-            self.log = self._wrap_log(opened) if self._wrap_log else opened
+            self.log = self._wrap_log(opened) if self._wrap_log and isinstance(opened, SqliteEventLog) else opened
             self.session = await self._stack.enter_async_context(aiohttp.ClientSession())
             po = self.settings.poweroffice
             self.poweroffice = PowerOfficeClient(

@@ -10,15 +10,15 @@ import sys
 
 import anyio
 
+from pipeline.eventlog import open_log
 from pipeline.eventlog.base import NewEvent
-from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import ProductObserved
 
 BATCH = 300
 
 
 async def main(path: str) -> None:
-    log = await SqliteEventLog.open(path)
+    log = await open_log(path)  # a SQLite file, or a postgresql:// URL
     start = int(await log.cursor("crash", "t") or 0) + 1
     print("ready", flush=True)
     batch = start
