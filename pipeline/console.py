@@ -45,12 +45,23 @@ LEGEND = (
 )
 
 
+WAITS_SHOWN = 5  # waiting entities named in the summary; the status page and audit have them all
+
+
 def print_cycle(console: Console, report: CycleReport, title: str = "sync") -> None:
     console.print(cycle_table(report, title))
     console.print(LEGEND, highlight=False, markup=False)
     for t in report.tenants.values():
         for error in t.errors:
             console.print(Text.assemble((t.name, "red"), ": ", remote(error)), highlight=False)
+        if t.degraded:
+            console.print(Text.assemble((t.name, "red"), ": degraded: ", remote(t.degraded)), highlight=False)
+        if t.waits:
+            shown = "; ".join(f"{entity} {why}" for entity, why in sorted(t.waits.items())[:WAITS_SHOWN])
+            more = f" (and {len(t.waits) - WAITS_SHOWN} more)" if len(t.waits) > WAITS_SHOWN else ""
+            console.print(
+                Text.assemble((t.name, "yellow"), f": {len(t.waits)} waiting: ", remote(shown + more)), highlight=False
+            )
         if t.quarantined or t.unmapped:
             console.print(
                 Text.assemble(

@@ -108,6 +108,12 @@ class Metrics:
             ["tenant"],
             registry=r,
         )
+        self.degraded = Gauge(
+            "pipeline_degraded",
+            "1 while a sender's circuit breaker for the tenant is open (its system looks down), else 0",
+            ["tenant"],
+            registry=r,
+        )
         self.cycles_failed = Counter(
             "pipeline_cycles_failed", "Tenant cycles that failed (the log, a poll, a bug)", ["tenant"], registry=r
         )

@@ -902,7 +902,7 @@ async def run(
     )
     limiters = LimiterRegistry(po_settings.requests_per_second)
     async with (
-        await open_log(settings.database, mode="existing") as log,
+        await open_log(settings.database) as log,
         aiohttp.ClientSession(trace_configs=[counter.trace]) as session,
     ):
         po = PowerOfficeClient(session, po_settings, limiters.for_key(po_settings.subscription_key.reveal()))

@@ -102,6 +102,10 @@ class TenantReport:
     # failure, and entities whose latest observation cannot be mapped.
     quarantined: int = 0
     unmapped: int = 0
+    # A stage's circuit breaker is open: its system looks down for this tenant; its commands wait (no outcome).
+    degraded: str | None = None
+    # What each waiting entity waits for (an order: its articles, named), from the senders.
+    waits: dict[str, str] = field(default_factory=dict)
     refused: bool = False  # the setup error was refused credentials (401/403), not an unreachable system
     # (kind, seconds) per delivery of the cycle: answer time − the source's change time (`pipeline.freshness`).
     freshness: list[tuple[str, float]] = field(default_factory=list)
@@ -506,6 +510,8 @@ class Runtime:
             report.skipped += counts.skipped
             report.failed += counts.failed
             report.waiting = counts.waiting
+            report.waits = dict(counts.waits)
+            report.degraded = counts.degraded
             if expired():
                 report.deadline_reached = True
             if counts.refused:  # credentials refused on a write: a tenant problem (exit 2), nothing quarantined

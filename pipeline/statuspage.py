@@ -46,6 +46,7 @@ STATE_WORDS = {
     "refused": "the credentials are refused",
     "unreachable": "a system could not be reached",
     "failed": "the last cycle failed (the event log, or a bug); the next one retries",
+    "degraded": "a system looks down for this goods owner: sending paused, commands wait (none lost)",
     "starting": "no cycle has finished yet",
 }
 
@@ -240,7 +241,7 @@ async def with_causes(log: EventLog, rows: list[audit.Row], limit: int = 20) -> 
 
 def _error_words(state: str, last_error: str | None, held: Held | None) -> str | None:
     """The error beside a tenant's state: the cycle's own error, or the newest quarantined entity's reason."""
-    if state in ("failed", "refused", "unreachable"):
+    if state in ("failed", "refused", "unreachable", "degraded"):
         return last_error
     if state == "quarantined" and held is not None:
         return f"newest: {held.entity}: {held.reason}"
@@ -352,7 +353,7 @@ th,td{border:1px solid #d8dde3;padding:.3em .6em;text-align:left;vertical-align:
 th{background:#eef1f4;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .state{display:inline-block;padding:.05em .5em;border-radius:.8em;font-weight:600;color:#fff}
 .ok{background:#2e7d32}.waiting{background:#b26a00}.quarantined{background:#c62828}
-.refused{background:#6a1b9a}.failed{background:#b71c1c}.unreachable{background:#37474f}.starting{background:#607d8b}
+.refused{background:#6a1b9a}.failed{background:#b71c1c}.degraded{background:#e65100}.unreachable{background:#37474f}.starting{background:#607d8b}
 .muted{color:#5f6b76}.bad{color:#c62828;font-weight:600}
 .bar{width:20em;height:.9em;background:#e3e7eb;border-radius:.3em;overflow:hidden;display:inline-block;
 vertical-align:middle}.bar span{display:block;height:100%;background:#1565c0}

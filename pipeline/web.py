@@ -60,13 +60,15 @@ class TenantStatus:
             return "failed"
         if r.refused:
             return "refused"
+        if r.degraded:
+            return "degraded"
         if r.setup_error or r.errors:
             return "unreachable"
         return "ok"
 
 
 # Tenant states that make `/readyz` answer 503.
-NOT_READY = ("failed", "refused", "unreachable")
+NOT_READY = ("failed", "refused", "unreachable", "degraded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,7 @@ class Status:
             m.failed.labels(r.name).inc(r.failed)
             m.waiting.labels(r.name).set(r.waiting)
             m.unmapped.labels(r.name).set(r.unmapped)
+            m.degraded.labels(r.name).set(1 if r.degraded else 0)
             if r.cycle_failed:
                 m.cycles_failed.labels(r.name).inc()
                 t.cycles_failed += 1
@@ -176,8 +179,8 @@ class Status:
             self.running.pop(r.name, None)
             ts = self.tenant_status.setdefault(r.name, TenantStatus(r.name))
             ts.last, ts.last_at = r, ended
-            if r.cycle_error is not None or r.errors or r.setup_error:
-                error = r.cycle_error or (r.errors[-1] if r.errors else "setup failed")
+            if r.cycle_error is not None or r.errors or r.setup_error or r.degraded:
+                error = r.cycle_error or (r.errors[-1] if r.errors else r.degraded or "setup failed")
                 ts.last_error, ts.last_error_at = error, ended
             else:
                 ts.last_ok = ended
