@@ -216,17 +216,6 @@ async def observation_skips(log: EventLog, after: int) -> dict[str, int]:
     return counts
 
 
-async def quarantined(log: SqliteEventLog) -> dict[str, int]:
-    """Entities per tenant whose latest outcome (or re-drive) is a permanent failure: held by the senders."""
-    marks = ", ".join(f"'{t}'" for t in (*OUTCOME_TYPES, EntityRedriven.TYPE))
-    rows = await log.query(
-        "SELECT tenant, count(*) FROM events WHERE position IN ("
-        f" SELECT max(position) FROM events WHERE type IN ({marks}) GROUP BY tenant, entity)"
-        " AND type = 'command.failed' AND json_extract(payload, '$.permanent') GROUP BY tenant"
-    )
-    return {tenant: int(n) for tenant, n in rows}
-
-
 async def tenants(log: AnyLog) -> set[str]:
     """The tenants that have events in the log."""
     return {name for (name,) in await log.query("SELECT DISTINCT tenant FROM events")}
