@@ -52,9 +52,14 @@ class StandingProblems:
 
 async def quarantined(log: EventLog, tenant: str) -> list[StoredEvent]:
     """The permanent `command.failed` holding each quarantined entity of `tenant`."""
-    failures = await log.latest([CommandFailed.TYPE], tenant=tenant)
-    if not failures:
+    # Only entities whose newest success, failure or re-drive is a failure (from the heads alone): one that failed
+    # long ago and was delivered since costs nothing, so the count does not grow with history.
+    flagged = await log.entities(
+        [CommandFailed.TYPE], tenant=tenant, newest_of=(CommandSucceeded.TYPE, CommandFailed.TYPE, EntityRedriven.TYPE)
+    )
+    if not flagged:
         return []
+    failures = await log.latest([CommandFailed.TYPE], tenant=tenant, entities=flagged)
     out: list[StoredEvent] = []
     for key, last in failures.items():
         # One small query per failing entity: a tenant's successes are many, its failing entities few.
@@ -78,7 +83,11 @@ async def quarantined(log: EventLog, tenant: str) -> list[StoredEvent]:
 
 async def mapping_failures(log: EventLog, tenant: str) -> list[StoredEvent]:
     """The standing `mapping.failed` of each entity of `tenant` (see the module docstring)."""
-    failed = await log.latest([MappingFailed.TYPE], tenant=tenant)
+    # Only records whose newest observation-or-failure is a failure (from the heads alone).
+    flagged = await log.entities([MappingFailed.TYPE], tenant=tenant, newest_of=(*OBSERVED_TYPES, MappingFailed.TYPE))
+    if not flagged:
+        return []
+    failed = await log.latest([MappingFailed.TYPE], tenant=tenant, entities=flagged)
     out: list[StoredEvent] = []
     for (_, entity), stored in failed.items():
         assert isinstance(stored.event, MappingFailed)
@@ -95,10 +104,13 @@ async def mapping_failures(log: EventLog, tenant: str) -> list[StoredEvent]:
 
 async def rejections(log: EventLog, tenant: str) -> list[StoredEvent]:
     """The standing `observation.rejected` of each entity of `tenant` (see the module docstring)."""
-    rejected = await log.latest([ObservationRejected.TYPE], tenant=tenant)
-    if not rejected:
+    flagged = await log.entities(
+        [ObservationRejected.TYPE], tenant=tenant, newest_of=(*OBSERVED_TYPES, ObservationRejected.TYPE)
+    )
+    if not flagged:
         return []
-    observed = await log.latest(OBSERVED_TYPES, tenant=tenant)
+    rejected = await log.latest([ObservationRejected.TYPE], tenant=tenant, entities=flagged)
+    observed = await log.latest(OBSERVED_TYPES, tenant=tenant, entities={entity for _, entity in rejected})
     return sorted(
         (e for key, e in rejected.items() if key not in observed or observed[key].position < e.position),
         key=lambda e: e.position,

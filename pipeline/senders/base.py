@@ -383,14 +383,6 @@ class _Lane:
         marks = await latest(MARK_TYPES)
         attempts = await latest(ATTEMPT_TYPES)
         standing = await latest(STANDING_TYPES)
-        self.view.delivered = {}
-        if commands or marks:  # what was delivered matters only to a lane that may have something to send
-            successes = {
-                e: ev
-                for (_, e), ev in (await log.latest([CommandSucceeded.TYPE], tenant=name)).items()
-                if stage.owns(e)
-            }
-            self.view.delivered = {e: ev.event for e, ev in successes.items() if isinstance(ev.event, CommandSucceeded)}
         seen = {c.entity for c in commands}
         # Entities to pick up from before the checkpoint: re-driven, or failed transiently (a log written before
         # the checkpoint stayed below such commands).
@@ -401,6 +393,16 @@ class _Lane:
             if newest is not None:
                 commands.append(newest)
                 seen.add(entity)
+
+        # What was delivered, for the entities that matter to this run only: those read or flagged, and what the
+        # commands wait for (an order's articles). Never every success of the tenant.
+        needed = wanted | {c.entity for c in commands} | {n for c in commands for n in stage.needs(c.event)}
+        self.view.delivered = {}
+        if commands and needed:
+            found = await log.latest([CommandSucceeded.TYPE], tenant=name, entities=needed)
+            self.view.delivered = {
+                e: ev.event for (_, e), ev in found.items() if stage.owns(e) and isinstance(ev.event, CommandSucceeded)
+            }
 
         history: dict[str, History] = {}
         for entity in marks.keys() | standing.keys():
