@@ -22,7 +22,6 @@ Same contract as the SQLite log (`tests/eventlog_contract.py`), with the databas
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ import orjson
 
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
 from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent
+from pipeline.eventlog.paging import read_ahead
 from pipeline.eventlog.sqlite import HeadsRebuilt
 from pipeline.events import ROW_META, Event, decode_dict, encode, event_class
 
@@ -445,21 +445,8 @@ class PostgresEventLog:
             return asyncio.ensure_future(self._fetch(sql, params))
 
         # The next page is fetched (on another pooled connection) while this one is decoded here.
-        pending = page(after)
-        try:
-            while True:
-                rows = await pending
-                if len(rows) == batch_size:
-                    pending = page(rows[-1][0])
-                for stored in rows_to_events(rows):
-                    yield stored
-                if len(rows) < batch_size:
-                    return
-        finally:
-            if not pending.done():
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
+        async for stored in read_ahead(page, after, batch_size, rows_to_events):
+            yield stored
 
     async def latest(
         self,

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -36,6 +35,7 @@ import orjson
 
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
 from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent
+from pipeline.eventlog.paging import read_ahead
 from pipeline.events import ROW_META, Event, decode_dict, encode, event_class
 
 Clock = Callable[[], datetime]
@@ -712,21 +712,8 @@ class SqliteEventLog:
             return asyncio.ensure_future(self._fetch(sql, [*params, batch_size]))
 
         # The next page is fetched on the reader's thread while this one is decoded here.
-        pending = page(after)
-        try:
-            while True:
-                rows = await pending
-                if len(rows) == batch_size:
-                    pending = page(rows[-1][0])
-                for stored in _rows_to_events(rows):
-                    yield stored
-                if len(rows) < batch_size:
-                    return
-        finally:
-            if not pending.done():
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
+        async for stored in read_ahead(page, after, batch_size, _rows_to_events):
+            yield stored
 
     async def latest(
         self,
