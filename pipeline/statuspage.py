@@ -18,17 +18,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pipeline import audit
-from pipeline.eventlog.base import EventLog
-from pipeline.eventlog.sqlite import SqliteEventLog
+from pipeline.eventlog.base import EventLog, StoredEvent
+from pipeline.eventlog.sqlite import SqliteEventLog, format_time
 from pipeline.events import (
     COMMAND_TYPES,
-    OBSERVED_TYPES,
     OUTCOME_TYPES,
     CommandFailed,
     EntityRedriven,
     MappingFailed,
+    ObservationRejected,
 )
 from pipeline.freshness import percentile
+from pipeline.problems import standing_problems
 
 if TYPE_CHECKING:
     from pipeline.runtime import TenantState
@@ -128,25 +129,44 @@ class PageView:
 
 
 async def read_log_view(log: SqliteEventLog, tenants: Sequence[str] = ()) -> LogView:
-    """What stands in the log: quarantined entities (newest outcome a permanent `command.failed`, or a standing
-    `mapping.failed`), and entities whose newest command waits for an outcome (or failed transiently).
+    """What stands in the log: the held entities (`pipeline.problems`: quarantined, unmapped, rejected; the same
+    answer as `audit failures` and `sync`'s exit code), and entities whose newest command waits for an outcome
+    or failed transiently.
 
     Unanswered commands are looked for above the lowest sender checkpoint of `tenants` (every command below it
     has an outcome or is held by a quarantine, which the held list shows); without tenants, in the whole log."""
     held: list[Held] = []
     pending: list[Pending] = []
-    for position, recorded_at, tenant, entity, type_, p in await standing_failures(log):
-        if type_ == CommandFailed.TYPE and p.get("permanent"):
-            status = f" (status {p['status']})" if p.get("status") is not None else ""
-            subject = await _subject(log, p.get("command"), len(held))
-            held.append(Held(tenant, entity, f"{p.get('message')}{status}", recorded_at, position, subject))
-        elif type_ == CommandFailed.TYPE:
-            reason = f"failed after {p.get('attempts')} attempt(s), sent again next cycle: {p.get('message')}"
-            pending.append(Pending(tenant, entity, reason, recorded_at))
-        elif type_ == MappingFailed.TYPE:
-            reason = f"cannot be mapped: {p.get('field')}: {p.get('reason')}"
-            subject = await _subject(log, p.get("source"), len(held))
-            held.append(Held(tenant, entity, reason, recorded_at, position, subject))
+    for tenant in tenants or sorted(await audit.tenants(log)):
+        problems = await standing_problems(log, tenant)
+        for stored in problems.quarantined:
+            failed = stored.event
+            assert isinstance(failed, CommandFailed)
+            status = f" (status {failed.status})" if failed.status is not None else ""
+            subject = await _subject(log, failed.command, len(held))
+            held.append(_held_row(stored, f"{failed.message}{status}", subject))
+        for stored in problems.mapping_failures:
+            unmapped = stored.event
+            assert isinstance(unmapped, MappingFailed)
+            subject = await _subject(log, unmapped.source, len(held))
+            held.append(_held_row(stored, f"cannot be mapped: {unmapped.field}: {unmapped.reason}", subject))
+        for stored in problems.rejected:
+            rejected = stored.event
+            assert isinstance(rejected, ObservationRejected)
+            held.append(_held_row(stored, f"cannot be read: {rejected.field}: {rejected.reason}"))
+        # Entities whose newest outcome is a transient failure (heads only): sent again next cycle.
+        failing = await log.entities(
+            [CommandFailed.TYPE], tenant=tenant, newest_of=(*OUTCOME_TYPES, EntityRedriven.TYPE)
+        )
+        quarantined = {h.entity for h in held if h.tenant == tenant}
+        if failing - quarantined:
+            latest = await log.latest([CommandFailed.TYPE], tenant=tenant, entities=failing - quarantined)
+            for stored in latest.values():
+                failed = stored.event
+                assert isinstance(failed, CommandFailed)
+                reason = f"failed after {failed.attempts} attempt(s), sent again next cycle: {failed.message}"
+                pending.append(Pending(tenant, stored.entity, reason, format_time(stored.recorded_at)))
+    held.sort(key=lambda h: h.position)
     for tenant, entity, recorded_at, p in await _released(log):
         pending.append(Pending(tenant, entity, f"re-driven ({p.get('reason')}): sent again next cycle", recorded_at))
     taken = {(h.tenant, h.entity) for h in held} | {(q.tenant, q.entity) for q in pending}
@@ -165,26 +185,8 @@ async def read_log_view(log: SqliteEventLog, tenants: Sequence[str] = ()) -> Log
     return LogView(head=await log.max_position(), held=held, pending=pending)
 
 
-async def standing_failures(log: SqliteEventLog) -> list[tuple[int, str, str, str, str, dict[str, Any]]]:
-    """The same answer as `audit.failures`, asked from the failures' side so that it costs index probes per
-    failure instead of a scan of every entity: a `command.failed` with no newer outcome or re-drive of its
-    entity, and the newest `mapping.failed` of an entity when no observation of it came after the failed one."""
-    marks = [*OUTCOME_TYPES, EntityRedriven.TYPE]
-    rows = await log.query(
-        "SELECT f.position, f.recorded_at, f.tenant, f.entity, f.type, f.payload FROM events f"
-        " WHERE f.type = ? AND NOT EXISTS (SELECT 1 FROM events n WHERE n.tenant = f.tenant AND n.entity = f.entity"
-        f" AND n.position > f.position AND n.type IN ({', '.join('?' * len(marks))}))"
-        " UNION ALL "
-        "SELECT m.position, m.recorded_at, m.tenant, m.entity, m.type, m.payload FROM events m"
-        " WHERE m.type = ? AND NOT EXISTS (SELECT 1 FROM events n WHERE n.tenant = m.tenant AND n.entity = m.entity"
-        " AND n.position > m.position AND n.type = ?)"
-        " AND NOT EXISTS (SELECT 1 FROM events o WHERE o.tenant = m.tenant AND o.entity = m.entity"
-        f" AND o.position > json_extract(m.payload, '$.source') AND o.type IN ({', '.join('?' * len(OBSERVED_TYPES))}))"
-        " AND EXISTS (SELECT 1 FROM events o WHERE o.position = json_extract(m.payload, '$.source'))"
-        " ORDER BY 1",
-        [CommandFailed.TYPE, *marks, MappingFailed.TYPE, MappingFailed.TYPE, *OBSERVED_TYPES],
-    )
-    return [(int(pos), str(at), str(t), str(e), str(ty), json.loads(p)) for pos, at, t, e, ty, p in rows]
+def _held_row(stored: StoredEvent, reason: str, subject: str = "") -> Held:
+    return Held(stored.tenant, stored.entity, reason, format_time(stored.recorded_at), stored.position, subject)
 
 
 async def _released(log: SqliteEventLog) -> list[tuple[str, str, str, dict[str, Any]]]:
