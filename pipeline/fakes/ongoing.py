@@ -21,7 +21,8 @@ What it does (paths are under `/{warehouse}/api/v1`):
   repeated `articleNumbers`; `stockInfoChangedFrom`, refused with 400 when more than 24 h old by the fake's clock),
   `GET /articles/{id}`, `GET /orders` (`orderNumber`, repeated `orderNumbers`, `orderIdFrom`, `maxOrdersToGet`),
   `GET /orders/{id}`, `GET /orders/statuses`.
-- Every request is logged (`requests`, `OngoingRequest` with arrival and end times, goods owner and entity), the
+- Every request is logged (`requests`, `OngoingRequest` with arrival and end times, goods owner and entity; the
+  newest `requests_kept` are kept, so a long run stays flat, and `requests_served` counts them all), the
   shared `FaultScript` is applied before anything else, and `hold()` can park the answer to a write after it was
   applied (to kill a client between the server's work and its reading the answer). `after_apply`, a second
   `FaultScript`, replaces the answer of a write that *was applied* (a 5xx, a hang past the client's timeout, a
@@ -199,6 +200,11 @@ class FakeOngoing:
         self.after_apply = FaultScript()  # faults on the answer of a write that was applied
         self.slow_turns = FaultScript()  # latency faults lengthening a write's turn (processing time)
         self.requests: list[OngoingRequest] = []
+        # The log keeps the newest `requests_kept` (trimmed in halves past twice that), so a long run stays flat;
+        # `requests_served` counts every request ever logged.
+        self.requests_kept = 20_000
+        self.requests_served = 0
+        self._requests_dropped = 0  # entries trimmed off the front of `requests` so far
         self.schema_violations: list[str] = []
         self.holds: list[Hold] = []
         self._owners: dict[int, _Owner] = {}
@@ -339,15 +345,22 @@ class FakeOngoing:
 
         # Logged on arrival (status 0, not ended) and completed in place, so requests still in progress (a hang)
         # are visible too.
-        index = len(self.requests)
+        number = self._requests_dropped + len(self.requests)  # this request's place in the whole log
         self.requests.append(entry(0, 0.0))
+        self.requests_served += 1
+        if len(self.requests) > 2 * self.requests_kept:  # trimmed in halves: amortised O(1) per request
+            dropped = len(self.requests) - self.requests_kept
+            del self.requests[:dropped]
+            self._requests_dropped += dropped
         status = 0
         try:
             response = await apply_fault(fault, request, served)
             status = response.status
             return response
         finally:
-            self.requests[index] = entry(status, info.get("ended", self._monotonic()))
+            index = number - self._requests_dropped
+            if index >= 0:  # (else its entry was trimmed while it ran)
+                self.requests[index] = entry(status, info.get("ended", self._monotonic()))
 
     async def _note_write(self, request: web.Request, info: dict[str, Any]) -> None:
         """Log a write's goods owner and entity even when a fault answers before the handler reads the body."""
