@@ -1,0 +1,335 @@
+"""Workers on one PostgreSQL log (`pipeline.workers`): exclusive claims, even shares, hand-over, take-over, fencing,
+and the PowerOffice key's rate split between the live workers.
+
+The coordinator tests run real `Runtime`s in this process against the fakes, on a schema of their own, with short
+leases; they wait on conditions with timeouts, never for fixed times. They need `PIPELINE_TEST_POSTGRES`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from pipeline.config import Settings
+from pipeline.fakes.world import World, fake_world
+from pipeline.runtime import Runtime
+from pipeline.workers import Board, Coordinator, Timing, WorkerInfo, assign
+from tests.postgres_server import unavailable
+
+DSN = os.environ.get("PIPELINE_TEST_POSTGRES", "")
+PREFIX = "pipeline_wtest_"
+needs_postgres = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
+
+
+# ------------------------------------------------------------------------------------------------ pure: assign
+
+
+def test_assign_splits_evenly_and_moves_few_on_join_and_leave() -> None:
+    tenants = [f"t{i:02d}" for i in range(20)]
+    two = assign(tenants, ["a", "b"])
+    assert sorted(two) == tenants
+    assert sorted(list(two.values()).count(w) for w in "ab") == [10, 10]
+    assert assign(list(reversed(tenants)), ["b", "a"]) == two  # the same answer whatever the order read
+    three = assign(tenants, ["a", "b", "c"])
+    assert sorted(list(three.values()).count(w) for w in "abc") == [6, 7, 7]
+    moved = sum(two[t] != three[t] for t in tenants)
+    assert moved <= 9, moved  # about a third must move to the new worker; far from a reshuffle
+    assert all(three[t] == "c" for t in tenants if two[t] != three[t])  # only to the newcomer
+    alone = assign(tenants, ["a"])
+    assert set(alone.values()) == {"a"}
+    assert assign(tenants, []) == {}
+
+
+def test_board_names_the_holder() -> None:
+    from pipeline.workers import LeaseInfo
+
+    me = WorkerInfo("me1", "host-a", 10, "run")
+    board = Board(
+        me,
+        leases={
+            "x": LeaseInfo("x", "other", "host-b", 20, True),
+            "y": LeaseInfo("y", "gone", None, None, False),
+            "z": LeaseInfo("z", "me1", "host-a", 10, True),
+        },
+        running=frozenset({"z"}),
+    )
+    assert board.holder("z") == "this worker"
+    assert board.held_here("z")
+    assert board.holder("x") == "worker other (pid 20 on host-b)"
+    assert board.held_elsewhere("x") == "worker other (pid 20 on host-b)"
+    assert board.holder("y") == "worker gone, expired: taken over after the grace"
+    assert board.holder("w") == "unheld"
+    assert board.held_elsewhere("w") is None
+
+
+# ------------------------------------------------------------------------------------------------ with a server
+
+
+def new_schema() -> str:
+    return PREFIX + uuid.uuid4().hex[:12]
+
+
+def schema_dsn(schema: str) -> str:
+    return f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}"
+
+
+async def _drop_schemas() -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(DSN)
+    try:
+        for (name,) in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", PREFIX + "%"):
+            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _clean_schemas() -> Iterator[None]:
+    if unavailable() is None:
+        asyncio.run(_drop_schemas())
+    yield
+    if unavailable() is None:
+        asyncio.run(_drop_schemas())
+
+
+@pytest.fixture
+async def schema() -> str:
+    import asyncpg
+
+    name = new_schema()
+    conn = await asyncpg.connect(DSN)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Wait until `condition()` holds (checked every 20 ms); return how long it took. Fails after `timeout`."""
+    began = anyio.current_time()
+    with anyio.move_on_after(timeout):
+        # The conditions are other components' state (leases, boards), which signal no event to wait on.
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+        return anyio.current_time() - began
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def worker_settings(world: World, schema: str, *, lease: float = 1.5, grace: float = 0.5, rps: float = 400) -> Settings:
+    base = world.settings(Path("unused.db"), requests_per_second=rps)
+    return dataclasses.replace(base, database=schema_dsn(schema), lease_seconds=lease, lease_grace_seconds=grace)
+
+
+@asynccontextmanager
+async def small_world(tenants: int = 20) -> AsyncIterator[World]:
+    now = datetime.now(UTC)
+    async with fake_world(tenants, products=3, customers=2, invoices=3, now=now, requests_per_second=1000) as world:
+        yield world
+
+
+class Worker:
+    """A `pipeline run` worker in this process: its Runtime and the task running it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = anyio.Event()
+        self.runtime: Runtime | None = None
+        self.ended = anyio.Event()
+        self.cycles: list[str] = []
+        self._scope: anyio.CancelScope | None = None
+
+    @property
+    def board(self) -> Board:
+        assert self.runtime is not None
+        assert self.runtime.workers is not None
+        return self.runtime.workers.board
+
+    @property
+    def running(self) -> frozenset[str]:
+        if self.runtime is None or self.runtime.workers is None:
+            return frozenset()
+        return frozenset(self.runtime.workers._held)
+
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with anyio.CancelScope() as self._scope:
+                async with Runtime(self.settings, command="run") as runtime:
+                    self.runtime = runtime
+                    task_status.started()
+                    await runtime.run(self.stop, interval=0.5, on_start=self.cycles.append)
+        finally:
+            self.ended.set()
+
+    def die(self) -> None:
+        """As if killed: everything stops at once, nothing is released."""
+        assert self._scope is not None
+        self._scope.cancel()
+
+
+async def leases(schema: str) -> dict[str, tuple[str, datetime, datetime]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(schema_dsn(schema))
+    try:
+        rows = await conn.fetch("SELECT tenant, holder, acquired_at, expires_at FROM tenant_leases")
+    finally:
+        await conn.close()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+@needs_postgres
+@pytest.mark.anyio
+async def test_claims_are_exclusive_under_concurrent_claimers(schema: str) -> None:
+    """Eight coordinators claim the same 20 tenants at once, again and again: every tenant is won exactly once."""
+    tenants = [f"t{i:02d}" for i in range(20)]
+    timing = Timing(lease=30, grace=0)
+    coordinators = [
+        await Coordinator.open(schema_dsn(schema), WorkerInfo(f"w{i}", "h", i, "run"), timing) for i in range(8)
+    ]
+    try:
+        won: dict[str, list[str]] = {}
+
+        async def claim(c: Coordinator) -> None:
+            for name in await c.claim(tenants):
+                won.setdefault(name, []).append(c.me.id)
+
+        async with anyio.create_task_group() as tg:
+            for c in coordinators:
+                tg.start_soon(claim, c)
+        assert sorted(won) == tenants
+        assert all(len(holders) == 1 for holders in won.values()), won
+        # A second round: every lease is live, so nobody wins anything; its holder renews it.
+        again: list[str] = []
+        for c in coordinators:
+            again += await c.claim(tenants)
+        assert again == []
+        holder = won["t00"][0]
+        mine = next(c for c in coordinators if c.me.id == holder)
+        assert "t00" in await mine.renew(["t00"])
+        assert await next(c for c in coordinators if c.me.id != holder).renew(["t00"]) == set()
+    finally:
+        for c in coordinators:
+            await c.close()
+
+
+@needs_postgres
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_join_rebalances_then_graceful_leave_hands_over_at_once(schema: str) -> None:
+    """One worker holds all 20 tenants; a second joins and they settle at 10/10, disjoint, and the key's rate is
+    split in two; the second stops (SIGTERM's path): the first holds all 20 again long before a lease could
+    expire, and takes the whole rate back."""
+    async with small_world() as world:
+        settings = worker_settings(world, schema, lease=3.0, grace=30.0)  # a take-over by expiry would be slow
+        a, b = Worker(settings), Worker(settings)
+        async with anyio.create_task_group() as tg:
+            await tg.start(a.serve)
+            await eventually(lambda: len(a.running) == 20, 20, "the first worker holds all 20")
+            assert a.board.share == settings.poweroffice.requests_per_second
+            await tg.start(b.serve)
+            await eventually(
+                lambda: len(a.running) == 10 and len(b.running) == 10, 20, "the two workers hold 10 tenants each"
+            )
+            assert not a.running & b.running
+            held = await leases(schema)
+            assert {t: h for t, (h, *_) in held.items()} == {
+                **dict.fromkeys(a.running, a.board.me.id),
+                **dict.fromkeys(b.running, b.board.me.id),
+            }
+            await eventually(lambda: a.board.share == b.board.share == 200, 5, "each worker runs at half the rate")
+            assert a.runtime is not None
+            assert a.runtime.poweroffice.limiter.requests_per_second == 200
+            # Hand-over happened between cycles: every tenant ran whole cycles on one worker at a time.
+            assert set(b.cycles) <= set(b.running) | set(a.running)
+
+            b.stop.set()
+            took = await eventually(lambda: len(a.running) == 20, 10, "the first worker takes all 20 back")
+            assert took < settings.lease_seconds, took  # released, not expired
+            await b.ended.wait()
+            await eventually(lambda: a.board.share == 400, 5, "the remaining worker takes the whole rate again")
+            assert len(a.board.workers) == 1
+            a.stop.set()
+        assert await leases(schema) == {}  # a graceful stop releases everything
+
+
+@needs_postgres
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_a_dead_workers_tenants_are_taken_after_expiry_and_grace(schema: str) -> None:
+    """A worker that dies releases nothing: its tenants are claimed by the survivor only once their leases expired
+    and the grace passed, and then within a heartbeat or two."""
+    async with small_world(6) as world:
+        settings = worker_settings(world, schema, lease=1.5, grace=1.0)
+        a, b = Worker(settings), Worker(settings)
+        async with anyio.create_task_group() as tg:
+            await tg.start(a.serve)
+            await tg.start(b.serve)
+            await eventually(lambda: len(a.running) == 3 and len(b.running) == 3, 20, "3 and 3")
+            theirs = set(b.running)
+            before = await leases(schema)
+            b.die()
+            await b.ended.wait()
+            took = await eventually(lambda: len(a.running) == 6, 15, "the survivor takes the dead one's tenants")
+            after = await leases(schema)
+            for name in theirs:
+                _, _, expired = before[name]
+                holder, acquired, _ = after[name]
+                assert holder == a.board.me.id
+                # Never before the dead holder's expiry plus the grace (its last renewal may be later than
+                # `before`, never earlier).
+                assert (acquired - expired).total_seconds() >= 1.0, name  # the grace
+            timing = Timing.of(settings)
+            assert took <= timing.lease + timing.grace + 3 * timing.heartbeat + 2, took
+            a.stop.set()
+
+
+@needs_postgres
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_a_worker_that_cannot_renew_stops_its_work_before_its_lease_expires(schema: str) -> None:
+    """Renewals blocked (the lease table locked by another session): the worker cancels its tenants' work, writes
+    included, while the database still counts its leases as live, and no Ongoing write of it starts after that."""
+    import asyncpg
+
+    now = datetime.now(UTC)
+    async with fake_world(2, products=40, customers=2, invoices=2, now=now, requests_per_second=1000) as world:
+        world.ongoing.write_latency = 0.05  # the first cycle's 80 article writes take ~4 s per goods owner
+        settings = worker_settings(world, schema, lease=1.5, grace=5.0)
+        a = Worker(settings)
+        async with anyio.create_task_group() as tg:
+            await tg.start(a.serve)
+            await eventually(lambda: len(world.ongoing.writes()) >= 4, 20, "article writes are under way")
+            blocker = await asyncpg.connect(schema_dsn(schema))
+            try:
+                tx = blocker.transaction()
+                await tx.start()
+                await blocker.execute("LOCK TABLE tenant_leases IN ACCESS EXCLUSIVE MODE")
+                await eventually(lambda: not a.running, 10, "the worker fences itself")
+                fenced = anyio.current_time()
+                db_now = await blocker.fetchval("SELECT clock_timestamp()")
+                expiries = await blocker.fetch("SELECT expires_at FROM tenant_leases")
+                assert expiries
+                assert all(e > db_now for (e,) in expiries)
+                writes = len(world.ongoing.writes())
+                await anyio.sleep(0.5)  # no condition to wait for: that nothing more happens
+                assert len(world.ongoing.writes()) == writes
+                assert all(w.at <= fenced for w in world.ongoing.writes())
+                assert a.runtime is not None
+                assert a.runtime.workers is not None
+                assert a.runtime.workers.failed_ticks >= 1
+                await tx.rollback()
+            finally:
+                await blocker.close()
+            # Its own fenced leases are not renewed: they expire and wait out the grace like anyone's.
+            a.stop.set()
