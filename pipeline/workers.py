@@ -22,6 +22,9 @@ free or dead tenant, because the conflicting row is locked and its condition che
 among those holding fewer than ceil(tenants / workers). Every worker computes the same answer from the same live
 set, the split is even (20 tenants, 2 workers: 10/10), and a worker joining or leaving moves few tenants.
 
+A `run` worker makes its first claim at its second heartbeat, so workers started together split the tenants
+from their first cycle (a first cycle can be a long backfill, and a hand-over waits for it).
+
 **Handing over** happens only between a tenant's cycles: a tenant no longer wanted here finishes its cycle in
 progress, waits until an Ongoing write that got no answer has settled, then its lease row is deleted and the
 wanted worker claims it at its next heartbeat. A graceful stop (SIGTERM) does the same for every tenant, then
@@ -476,7 +479,10 @@ class Workers:
                 live = await self.db.heartbeat()
                 renewed = await self.db.renew(running)
                 wanted = self._wanted(live, stopping) - self._done
-                won = await self.db.claim(wanted - running)
+                # A `run` worker claims from its second heartbeat on: workers started together have seen each
+                # other by then, so they split the tenants from the first cycle instead of handing over after it.
+                settling = self.policy == "share" and self.ticks == 0
+                won = set() if settling else await self.db.claim(wanted - running)
                 leases = await self.db.leases()
         except (StoreError, TimeoutError) as exc:
             self.failed_ticks += 1

@@ -333,3 +333,37 @@ async def test_a_worker_that_cannot_renew_stops_its_work_before_its_lease_expire
                 await blocker.close()
             # Its own fenced leases are not renewed: they expire and wait out the grace like anyone's.
             a.stop.set()
+
+
+@pytest.mark.anyio
+async def test_the_ongoing_fake_counts_writes_that_overlap_per_goods_owner() -> None:
+    """Two clients (connections of their own) writing one goods owner at once overlap; writing two goods owners at
+    once, or one after the other, does not. The failover test relies on this count."""
+    import base64
+
+    import aiohttp
+
+    from pipeline.fakes.ongoing import FakeOngoing, serve_ongoing
+
+    fake = FakeOngoing(username="u", password="p", write_latency=0.2)
+    async with serve_ongoing(fake) as url:
+        auth = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
+
+        async def put(owner: int, number: str) -> None:
+            async with (
+                aiohttp.ClientSession(headers=auth) as session,  # a connection of its own, as another process has
+                session.put(f"{url}/articles", json={"goodsOwnerId": owner, "articleNumber": number}) as answer,
+            ):
+                assert answer.status == 200, await answer.text()
+
+        await put(1, "A")
+        await put(1, "B")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(put, 1, "C")
+            tg.start_soon(put, 2, "C")
+        assert fake.overlapping_writes() == 0
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(put, 1, "D")
+            tg.start_soon(put, 1, "E")
+        assert fake.overlapping_writes(1) == 1
+        assert fake.overlapping_writes(2) == 0
