@@ -367,3 +367,92 @@ async def test_the_ongoing_fake_counts_writes_that_overlap_per_goods_owner() -> 
             tg.start_soon(put, 1, "E")
         assert fake.overlapping_writes(1) == 1
         assert fake.overlapping_writes(2) == 0
+
+
+def test_readyz_livez_and_the_page_name_the_holder_and_count_only_tenants_held_here() -> None:
+    """A worker is unready only for a tenant it holds; a tenant another worker holds (even one that failed here
+    before it was handed over) is named with its holder; the page shows this worker and a holder per tenant."""
+    from datetime import timedelta
+
+    from pipeline.runtime import CycleReport, TenantReport
+    from pipeline.statuspage import LogView, build_view, render_page
+    from pipeline.web import Status
+    from pipeline.workers import LeaseInfo
+
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    clock = [now]
+    status = Status(60, lambda: clock[0], tenants=["a", "b", "c"], stall_seconds=300)
+    me = WorkerInfo("me1", "host-a", 10, "run")
+    board = Board(
+        me,
+        workers=(me, WorkerInfo("w2", "host-b", 20, "run")),
+        leases={
+            "a": LeaseInfo("a", "me1", "host-a", 10, True),
+            "b": LeaseInfo("b", "w2", "host-b", 20, True),
+        },
+        running=frozenset({"a"}),
+        share=5,
+    )
+    status.attach_workers(lambda: board)
+    failed = TenantReport("b", errors=["Ongoing stock: connection failed"], setup_error=True)
+    status.cycle_started(now, ["b"])  # b's cycle here was cut short when it was handed over: it never reports
+    status.record(CycleReport(now, {"a": TenantReport("a"), "b": failed}), now)
+    status.cycle_started(now, ["b"])
+    ok, text = status.readyz()
+    assert ok, text
+    lines = text.splitlines()
+    assert lines[0] == "ready"
+    assert lines[1].startswith("worker me1 (pid 10 on host-a): 1 of 3 tenants held here, 2 worker(s) live, 5 ")
+    assert "a: ok · this worker" in lines
+    assert "b: worker w2 (pid 20 on host-b)" in lines
+    assert "c: unheld" in lines
+    clock[0] = now + timedelta(seconds=400)
+    assert status.livez()[0], status.livez()  # b's stale cycle and c's missing one are not this worker's
+    status.record(CycleReport(now, {"a": TenantReport("a", errors=["PowerOffice: 401"], setup_error=True)}), now)
+    ok, text = status.readyz()
+    assert not ok
+    assert text.splitlines()[0] == "not ready: a"
+    view = build_view(status, LogView(head=0, held=(), pending=()), clock[0])
+    assert [(r.name, r.holder) for r in view.tenants] == [
+        ("a", "this worker"),
+        ("b", "worker w2 (pid 20 on host-b)"),
+        ("c", "unheld"),
+    ]
+    page = render_page(view)
+    assert "worker me1 (pid 10 on host-a) · 2 worker(s) live" in page
+    assert "<th>held by" in page
+    assert "<td>worker w2 (pid 20 on host-b)</td>" in page
+
+
+@needs_postgres
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_sync_runs_the_tenants_nobody_holds_and_reports_the_others_held(schema: str) -> None:
+    """`sync` beside a live worker holding two of four tenants: it cycles the other two (and releases them), reports
+    the two as held by that worker, counts itself in the key's share while it runs, and leaves no row behind."""
+    async with small_world(4) as world:
+        settings = worker_settings(world, schema, lease=9.0, grace=30.0)  # `other` stays live through the sync
+        other = await Coordinator.open(
+            schema_dsn(schema), WorkerInfo("other1", "host-b", 4242, "run"), Timing.of(settings)
+        )
+        try:
+            await other.heartbeat()
+            names = [t.name for t in world.tenants]
+            assert await other.claim(names[:2]) == set(names[:2])
+            async with Runtime(settings, command="sync") as runtime:
+                assert runtime.workers is not None
+                assert runtime.poweroffice.limiter.requests_per_second == settings.poweroffice.requests_per_second / 2
+                report = await runtime.cycle()
+            assert report.exit_code == 0
+            for name in names[:2]:
+                assert report.tenants[name].held_by == "worker other1 (pid 4242 on host-b)"
+                assert not world.ongoing.owner(world.tenant(name).goods_owner_id).articles
+            for name in names[2:]:
+                assert report.tenants[name].held_by is None
+                assert report.tenants[name].delivered > 0
+            held = await leases(schema)
+            assert sorted(held) == sorted(names[:2])
+            assert {h for h, *_ in held.values()} == {"other1"}
+            assert [w.id for w in await other.heartbeat()] == ["other1"]  # sync left
+        finally:
+            await other.close()
