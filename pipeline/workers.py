@@ -454,7 +454,13 @@ class Workers:
         self.board.share = share
 
     async def close(self) -> None:
-        await self.db.close()
+        """Leave (the worker row goes; see `_leave`), then close the connection. Run as the `Runtime` exits: after
+        its last `run`, so a reload (one `run` per configuration) does not leave and join again. A process that
+        is cancelled here (killed in the tests' terms) leaves nothing: its row expires instead."""
+        try:
+            await self._leave()
+        finally:
+            await self.db.close()
 
     # -- the heartbeat -----------------------------------------------------------------------------------------
 
@@ -596,7 +602,6 @@ class Workers:
                 with anyio.move_on_after(max(0.0, began + self.timing.heartbeat - anyio.current_time())):
                     await self._wake.wait()
             tg.cancel_scope.cancel()
-        await self._leave()
         if fatal:
             raise fatal[0]
 
