@@ -87,6 +87,9 @@ Policy = Literal["share", "once"]
 # the limiter, so the others' requests granted under their old share have left the window too).
 JOIN_MARGIN_SECONDS = 2.05
 
+# A one-off command (`sync`) gives up after this many failed heartbeats before its first claim.
+ONCE_ATTEMPTS = 3
+
 _TABLES = """
 CREATE TABLE IF NOT EXISTS workers (
     id           text        PRIMARY KEY,
@@ -599,6 +602,8 @@ class Workers:
                     tg.start_soon(hold, held)
                 if not self._held and (stop.is_set() or self._finished(cycles)):
                     break
+                if self.policy == "once" and self._once is None and self.failed_ticks >= ONCE_ATTEMPTS:
+                    raise StoreError(f"{self.me.describe()}: could not claim tenants in {ONCE_ATTEMPTS} heartbeats")
                 with anyio.move_on_after(max(0.0, began + self.timing.heartbeat - anyio.current_time())):
                     await self._wake.wait()
             tg.cancel_scope.cancel()

@@ -456,3 +456,32 @@ async def test_sync_runs_the_tenants_nobody_holds_and_reports_the_others_held(sc
             assert [w.id for w in await other.heartbeat()] == ["other1"]  # sync left
         finally:
             await other.close()
+
+
+@pytest.mark.anyio
+async def test_a_limiter_share_applies_from_the_next_grant_and_grows_back() -> None:
+    """`set_rate`: 10 rps split in two gives 5 per window from the next grant (places held stay held); back to
+    10 when the other worker left; a third of 10 is 3 per window; a 429 cut in force survives a new rate."""
+    from pipeline.clients.ratelimit import RateLimiter, max_in_window
+    from tests.test_ratelimit import VirtualTime, grant_times
+
+    time = VirtualTime()
+    limiter = RateLimiter(10, clock=time.clock, sleep=time.sleep, window_margin=0)
+    limiter.set_rate(5)
+    times = [t for _, t in await grant_times(limiter, time, ["a"] * 12)]
+    assert times == [0.0] * 5 + [1.0] * 5 + [2.0] * 2
+    limiter.set_rate(10)
+    more = [t for _, t in await grant_times(limiter, time, ["a"] * 18)]
+    assert max_in_window(times + more) == 10
+    limiter.set_rate(10 / 3)
+    assert limiter.capacity == 3
+    assert limiter.window == pytest.approx(1.0)
+    grant = await limiter.acquire("a")
+    limiter.throttled(grant, 1.0)
+    limiter.release(grant)
+    cut = limiter.pace()
+    assert cut == 1
+    limiter.set_rate(10)
+    assert limiter.pace() == cut  # the cut stays; its pace grows back towards the new limit
+    with pytest.raises(ValueError, match="positive"):
+        limiter.set_rate(0)
