@@ -17,10 +17,11 @@ the whole lease table (for `/readyz` and the status page). A claim is one statem
 DO UPDATE … WHERE expires_at + grace < clock_timestamp() RETURNING tenant`: of several claimers exactly one gets a
 free or dead tenant, because the conflicting row is locked and its condition checked again on its newest version.
 
-**Who wants which tenant** (`assign`): rendezvous hashing with bounded load. Tenants are taken in a fixed
-(hashed) order; each goes to the live `run` worker that ranks highest for it (a hash of tenant and worker id)
-among those holding fewer than ceil(tenants / workers). Every worker computes the same answer from the same live
-set, the split is even (20 tenants, 2 workers: 10/10), and a worker joining or leaving moves few tenants.
+**Who wants which tenant** (`assign`): even targets (⌊N/W⌋, one more for the N mod W workers holding most now);
+each live `run` worker keeps what it holds up to its target; the rest go, in a hashed order, to the worker that
+ranks highest for them (rendezvous: a hash of tenant and worker id) among those below target. Every worker computes
+the same answer from the same live workers and leases; the split is even within one (20 tenants, 2 workers: 10/10),
+and a join or a leave moves the fewest tenants an even split allows.
 
 A `run` worker makes its first claim at its second heartbeat, so workers started together split the tenants
 from their first cycle (a first cycle can be a long backfill, and a hand-over waits for it).
@@ -65,7 +66,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -229,18 +230,42 @@ def _score(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256("\0".join(parts).encode()).digest()[:8], "big")
 
 
-def assign(tenants: Collection[str], workers: Collection[str]) -> dict[str, str]:
-    """Which worker should hold each tenant: rendezvous hashing with bounded load (see the module docstring).
+def assign(
+    tenants: Collection[str], workers: Collection[str], holders: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Which worker should hold each tenant (see the module docstring). Pure and deterministic: every worker that
+    reads the same live set and holders computes the same answer.
 
-    Pure and deterministic: every worker that reads the same live set computes the same answer."""
+    - Targets: each worker gets ⌊N/W⌋ tenants, and the N mod W workers holding the most now (ties by id) one more,
+      so the split is even within one.
+    - Kept: a live worker keeps what it holds (`holders`: tenant → live holder), up to its target, preferring the
+      tenants that rank it highest.
+    - The rest, taken in a hashed order, go to the worker ranking highest for them (rendezvous: a hash of tenant
+      and worker id) among those below their target.
+    So a worker joining takes only what the others hold above their new targets, and a worker leaving frees only its
+    own tenants: the fewest moves an even split allows."""
     if not workers:
         return {}
-    cap = math.ceil(len(tenants) / len(workers))
-    load = dict.fromkeys(workers, 0)
+    names = sorted(set(workers))
+    holders = holders or {}
+    base, extra = divmod(len(tenants), len(names))
+    held = {w: 0 for w in names}
+    for tenant in tenants:
+        holder = holders.get(tenant)
+        if holder in held:
+            held[holder] += 1
+    ranked = sorted(names, key=lambda w: (-held[w], w))
+    target = {w: base + (i < extra) for i, w in enumerate(ranked)}
+    load = dict.fromkeys(names, 0)
     out: dict[str, str] = {}
-    for tenant in sorted(tenants, key=lambda t: (_score(t), t)):
-        for worker in sorted(workers, key=lambda w: (_score(tenant, w), w), reverse=True):
-            if load[worker] < cap:
+    for worker in names:
+        mine = [t for t in tenants if holders.get(t) == worker]
+        for tenant in sorted(mine, key=lambda t: (_score(t, worker), t), reverse=True)[: target[worker]]:
+            out[tenant] = worker
+            load[worker] += 1
+    for tenant in sorted((t for t in tenants if t not in out), key=lambda t: (_score(t), t)):
+        for worker in sorted(names, key=lambda w: (_score(tenant, w), w), reverse=True):
+            if load[worker] < target[worker]:
                 out[tenant] = worker
                 load[worker] += 1
                 break
@@ -467,7 +492,9 @@ class Workers:
 
     # -- the heartbeat -----------------------------------------------------------------------------------------
 
-    def _wanted(self, live: Sequence[WorkerInfo], stopping: bool) -> set[str]:
+    def _wanted(
+        self, live: Sequence[WorkerInfo], stopping: bool, leases: Mapping[str, LeaseInfo] | None = None
+    ) -> set[str]:
         names = [t.name for t in self.runtime.settings.tenants]
         if stopping:
             return set()
@@ -476,7 +503,8 @@ class Workers:
         sharing = [w.id for w in live if w.command == "run"]
         if self.me.id not in sharing:
             sharing.append(self.me.id)
-        return {t for t, w in assign(names, sharing).items() if w == self.me.id}
+        holders = {t: lease.holder for t, lease in (leases or {}).items() if lease.live}
+        return {t for t, w in assign(names, sharing, holders).items() if w == self.me.id}
 
     async def tick(self, stopping: bool = False) -> set[str]:
         """One heartbeat: renew, read the live workers, claim what is wanted and free. Returns the tenants won
@@ -487,12 +515,12 @@ class Workers:
             with anyio.fail_after(self.timing.heartbeat):
                 live = await self.db.heartbeat()
                 renewed = await self.db.renew(running)
-                wanted = self._wanted(live, stopping) - self._done
+                leases = await self.db.leases()
+                wanted = self._wanted(live, stopping, leases) - self._done
                 # A `run` worker claims from its second heartbeat on: workers started together have seen each
                 # other by then, so they split the tenants from the first cycle instead of handing over after it.
                 settling = self.policy == "share" and self.ticks == 0
                 won = set() if settling else await self.db.claim(wanted - running)
-                leases = await self.db.leases()
         except (StoreError, TimeoutError) as exc:
             self.failed_ticks += 1
             self._set_share(self._live + 1)  # someone may have joined unseen: be the more careful
@@ -518,6 +546,8 @@ class Workers:
             if name not in wanted and not stopping and not held.leave.is_set():
                 log.info("%s: handing over to another worker after the cycle in progress", name)
                 held.leave.set()
+        for name in won:  # as the table reads now
+            leases[name] = LeaseInfo(name, self.me.id, self.me.host, self.me.pid, True)
         self.board = Board(
             self.me,
             tuple(live),
@@ -570,18 +600,23 @@ class Workers:
                     )
                     completed = True
             finally:
-                self._held.pop(held.name, None)
-                self.poke()
+                if not completed:
+                    self._held.pop(held.name, None)
+                    self.poke()
             if not completed:  # fenced or lost: never released, it expires (and waits out the grace) instead
                 log.error("%s: work cancelled: the lease could not be kept", held.name)
                 return
-            if cycles is not None and not held.leave.is_set() and not stop.is_set():
-                self._done.add(held.name)
-            await self._settle(held.name)
+            # Still held (and renewed) until released: `run` ends only once every lease is given back.
             try:
+                if cycles is not None and not held.leave.is_set() and not stop.is_set():
+                    self._done.add(held.name)
+                await self._settle(held.name)
                 await self.db.release([held.name])
             except StoreError as exc:
                 log.warning("%s: releasing the lease failed (it expires instead): %s", held.name, exc)
+            finally:
+                self._held.pop(held.name, None)
+                self.poke()
 
         async def relay() -> None:
             await stop.wait()
@@ -616,7 +651,7 @@ class Workers:
             return False
         if self.policy == "once":
             return self._once is not None and self._once <= self._done
-        return bool(self._done) and not (self._wanted(self.board.workers, False) - self._done)
+        return bool(self._done) and not (self._wanted(self.board.workers, False, self.board.leases) - self._done)
 
     async def _settle(self, tenant: str) -> None:
         """Wait until an Ongoing write of `tenant` that got no answer has settled (the server may still run it)."""

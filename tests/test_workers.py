@@ -33,20 +33,48 @@ needs_postgres = pytest.mark.skipif(unavailable() is not None, reason=unavailabl
 # ------------------------------------------------------------------------------------------------ pure: assign
 
 
-def test_assign_splits_evenly_and_moves_few_on_join_and_leave() -> None:
+def test_assign_splits_evenly_and_moves_the_fewest_on_join_and_leave() -> None:
     tenants = [f"t{i:02d}" for i in range(20)]
     two = assign(tenants, ["a", "b"])
     assert sorted(two) == tenants
     assert sorted(list(two.values()).count(w) for w in "ab") == [10, 10]
     assert assign(list(reversed(tenants)), ["b", "a"]) == two  # the same answer whatever the order read
-    three = assign(tenants, ["a", "b", "c"])
+    # A third joins while a and b hold their halves: it takes 6, 3 or 4 from each, nothing moves between a and b.
+    three = assign(tenants, ["a", "b", "c"], two)
     assert sorted(list(three.values()).count(w) for w in "abc") == [6, 7, 7]
-    moved = sum(two[t] != three[t] for t in tenants)
-    assert moved <= 9, moved  # about a third must move to the new worker; far from a reshuffle
-    assert all(three[t] == "c" for t in tenants if two[t] != three[t])  # only to the newcomer
-    alone = assign(tenants, ["a"])
-    assert set(alone.values()) == {"a"}
+    moved = [t for t in tenants if two[t] != three[t]]
+    assert len(moved) == 6
+    assert all(three[t] == "c" for t in moved)
+    # b leaves: only its tenants move, spread over a and c.
+    left = assign(tenants, ["a", "c"], {t: w for t, w in three.items() if w != "b"})
+    assert sorted(list(left.values()).count(w) for w in "ac") == [10, 10]
+    assert all(left[t] == three[t] for t in tenants if three[t] != "b")
+    # Held by a worker no longer live: free for the others. Uneven holdings are evened out within one.
+    assert set(assign(tenants, ["a"], {"t00": "gone"}).values()) == {"a"}
+    ten = [f"t{i}" for i in range(10)]
+    held = assign(ten, ["a", "b", "c"])
+    four = assign(ten, ["a", "b", "c", "d"], held)
+    assert sorted(list(four.values()).count(w) for w in "abcd") == [2, 2, 3, 3]
+    assert sum(held[t] != four[t] for t in ten) == 2
     assert assign(tenants, []) == {}
+
+
+def test_assign_moves_the_fewest_for_random_shapes() -> None:
+    import random
+
+    rng = random.Random(13)
+    for _ in range(200):
+        tenants = [f"t{rng.random()}" for _ in range(rng.randint(1, 60))]
+        workers = [f"w{rng.random()}" for _ in range(rng.randint(1, 5))]
+        before = assign(tenants, workers)
+        counts = [list(before.values()).count(w) for w in workers]
+        assert max(counts) - min(counts) <= 1
+        after = assign(tenants, [*workers, "new"], before)
+        counts = [list(after.values()).count(w) for w in [*workers, "new"]]
+        assert max(counts) - min(counts) <= 1
+        moved = [t for t in tenants if before[t] != after[t]]
+        assert all(after[t] == "new" for t in moved)
+        assert len(moved) == list(after.values()).count("new")
 
 
 def test_board_names_the_holder() -> None:
