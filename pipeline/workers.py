@@ -466,7 +466,9 @@ class Workers:
     def _joined(self, live: Sequence[WorkerInfo]) -> None:
         self._others_live = any(w.id != self.me.id for w in live)
         self._set_share(len(live))
-        if self._others_live:
+        if not self._others_live:
+            log.info("%s registered: the only live worker", self.me.describe())
+        else:
             self.limiter.pause(self.timing.join_wait)
             log.info(
                 "%s joined %d live worker(s); PowerOffice waits %.1f s for them to lower their share",

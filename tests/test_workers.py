@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -266,6 +267,10 @@ async def test_join_rebalances_then_graceful_leave_hands_over_at_once(schema: st
             await eventually(lambda: len(a.running) == 20, 20, "the first worker holds all 20")
             assert a.board.share == settings.poweroffice.requests_per_second
             await tg.start(b.serve)
+            assert b.runtime is not None
+            # The newcomer sends nothing to PowerOffice until the first has lowered its share.
+            paused = b.runtime.poweroffice.limiter._paused_until - time.monotonic()
+            assert paused > Timing.of(settings).join_wait - 1, paused
             await eventually(
                 lambda: len(a.running) == 10 and len(b.running) == 10, 20, "the two workers hold 10 tenants each"
             )
