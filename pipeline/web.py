@@ -400,6 +400,11 @@ def create_app(status: Status) -> web.Application:
         await status.log_view(METRICS_LOG_VIEW_TTL)  # the quarantine gauges
         if status.log is not None:
             status.metrics.log_head.set(await status.log.max_position())
+        board = status.board
+        if board is not None:
+            status.metrics.workers_live.set(len(board.workers))
+            status.metrics.tenants_held.set(len(board.running))
+            status.metrics.worker_share.set(board.share)
         body = generate_latest(status.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -518,3 +518,38 @@ async def test_a_limiter_share_applies_from_the_next_grant_and_grows_back() -> N
     assert limiter.pace() == cut  # the cut stays; its pace grows back towards the new limit
     with pytest.raises(ValueError, match="positive"):
         limiter.set_rate(0)
+
+
+@pytest.mark.anyio
+async def test_readyz_and_metrics_over_http_name_the_worker() -> None:
+    """Served: /readyz answers 200 with the worker's line while a tenant held elsewhere failed; /metrics has the
+    live workers, the tenants held here and this worker's share of the key."""
+    import aiohttp
+
+    from pipeline.runtime import CycleReport, TenantReport
+    from pipeline.web import Status, serve
+    from pipeline.workers import LeaseInfo
+
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    status = Status(60, lambda: now, tenants=["a", "b"])
+    me = WorkerInfo("me1", "host-a", 10, "run")
+    board = Board(
+        me,
+        workers=(me, WorkerInfo("w2", "host-b", 20, "run")),
+        leases={"b": LeaseInfo("b", "w2", "host-b", 20, True)},
+        running=frozenset({"a"}),
+        share=5,
+    )
+    status.attach_workers(lambda: board)
+    status.record(CycleReport(now, {"b": TenantReport("b", errors=["down"], setup_error=True)}), now)
+    async with serve(status, "127.0.0.1", 0) as url, aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/readyz") as answer:
+            assert answer.status == 200
+            text = await answer.text()
+        assert "worker me1 (pid 10 on host-a): 1 of 2 tenants held here" in text
+        assert "b: worker w2 (pid 20 on host-b)" in text
+        async with session.get(f"{url}/metrics") as answer:
+            metrics = await answer.text()
+    assert "pipeline_workers_live 2.0" in metrics
+    assert "pipeline_worker_tenants_held 1.0" in metrics
+    assert "pipeline_worker_requests_per_second 5.0" in metrics
