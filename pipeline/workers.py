@@ -408,6 +408,7 @@ class _Held:
     name: str
     scope: anyio.CancelScope
     leave: anyio.Event = field(default_factory=anyio.Event)  # hand over after the cycle in progress
+    ended: bool = False  # its loop ended: only the release is left
 
 
 class Workers:
@@ -454,12 +455,13 @@ class Workers:
         coordinator = await Coordinator.open(dsn, me, Timing.of(settings))
         policy: Policy = "share" if command == "run" else "once"
         workers = cls(runtime, coordinator, limiter, settings.poweroffice.requests_per_second, policy)
+        sent = anyio.current_time()
         try:
             live = await coordinator.heartbeat()
         except BaseException:
             await coordinator.close()
             raise
-        workers._valid_until = anyio.current_time() + workers.timing.lease - workers.timing.margin
+        workers._valid_until = sent + workers.timing.lease - workers.timing.margin
         workers._joined(live)
         return workers
 
@@ -540,6 +542,8 @@ class Workers:
             self._once = set(won)
         now = anyio.current_time()
         for name, held in self._held.items():
+            if held.ended:
+                continue
             if name in renewed and not held.scope.cancel_called and now < held.scope.deadline:
                 held.scope.deadline = self._valid_until
             elif not held.scope.cancel_called:
@@ -609,12 +613,14 @@ class Workers:
                 log.error("%s: work cancelled: the lease could not be kept", held.name)
                 return
             # Still held (and renewed) until released: `run` ends only once every lease is given back.
+            held.ended = True
             try:
                 if cycles is not None and not held.leave.is_set() and not stop.is_set():
                     self._done.add(held.name)
                 await self._settle(held.name)
-                await self.db.release([held.name])
-            except StoreError as exc:
+                with anyio.fail_after(self.timing.heartbeat):
+                    await self.db.release([held.name])
+            except (StoreError, TimeoutError) as exc:
                 log.warning("%s: releasing the lease failed (it expires instead): %s", held.name, exc)
             finally:
                 self._held.pop(held.name, None)
@@ -668,6 +674,7 @@ class Workers:
         if self._others_live:
             await anyio.sleep(self.limiter.window)
         try:
-            await self.db.leave()
-        except StoreError as exc:
+            with anyio.fail_after(self.timing.heartbeat):
+                await self.db.leave()
+        except (StoreError, TimeoutError) as exc:
             log.warning("%s: leaving failed (the row expires instead): %s", self.me.describe(), exc)

@@ -10,10 +10,10 @@ What it does (paths are under `/{warehouse}/api/v1`):
   it was created and 200 when updated (the spec documents both; which is which is our inference).
 - **Writes are processed one at a time per goods owner.** A write waits for the one in flight for its goods owner;
   one that has waited `write_queue_timeout` seconds fails with 500 `{"Message": "An error has occurred."}`, the
-  only failure body seen from the live server. `overlapping_writes()` counts the writes that arrived while another
-  write of their goods owner was still at the server, from any connection (two processes writing one goods owner). `write_latency` is the time each write holds its turn (counted
+  only failure body seen from the live server. `write_latency` is the time each write holds its turn (counted
   from its arrival or the end of the previous write, whichever is later); `write_latencies[goods_owner_id]`
-  sets it for one goods owner.
+  sets it for one goods owner. `overlapping_writes()` counts the writes that arrived while another write of their
+  goods owner was still at the server, from any connection (two processes writing one goods owner).
 - Orders start at status 200 (Open); `set_order_status` moves them. At status ≥ 300 the warehouse has started and
   an update is refused with 400. A line whose article number the goods owner does not have is refused with 400.
   Guesses, because the notes could not settle them: an update replaces the order lines with the ones sent, and an
