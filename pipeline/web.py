@@ -358,8 +358,9 @@ class Status:
         last10 = sum(1 for t in recent if t >= now - timedelta(seconds=10))
         base = now.timestamp()
         peak = max_in_window([t.timestamp() - base for t in recent]) if recent else 0
+        board = self.board  # a PostgreSQL worker counts its own requests against its share of the key
         return statuspage.RateUse(
-            limit=self.requests_per_second,
+            limit=self.requests_per_second if board is None else board.share,
             last_10s=last10 / 10.0,
             peak_second=peak,
             queued=self.limiter.waiting if self.limiter is not None else 0,

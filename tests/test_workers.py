@@ -451,6 +451,7 @@ def test_readyz_livez_and_the_page_name_the_holder_and_count_only_tenants_held_h
         ("b", "worker w2 (pid 20 on host-b)"),
         ("c", "unheld"),
     ]
+    assert view.rate.limit == 5  # this worker's share of the key, not the key's whole rate
     page = render_page(view)
     assert "worker me1 (pid 10 on host-a) · 2 worker(s) live" in page
     assert "<th>held by" in page
