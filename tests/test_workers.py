@@ -488,6 +488,17 @@ async def test_sync_runs_the_tenants_nobody_holds_and_reports_the_others_held(sc
             assert sorted(held) == sorted(names[:2])
             assert {h for h, *_ in held.values()} == {"other1"}
             assert [w.id for w in await other.heartbeat()] == ["other1"]  # sync left
+            # The command says so, and exits 0: a tenant another worker runs is no failure.
+            import io
+
+            from rich.console import Console
+
+            from pipeline.commands import sync
+
+            assert await other.renew(names[:2]) == set(names[:2])  # still live through a second sync
+            out = io.StringIO()
+            assert await sync(Console(file=out, width=200), settings) == 0
+            assert f"{names[0]}: not run here: held by worker other1 (pid 4242 on host-b)" in out.getvalue()
         finally:
             await other.close()
 
