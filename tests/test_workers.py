@@ -565,3 +565,60 @@ async def test_readyz_and_metrics_over_http_name_the_worker() -> None:
     assert "pipeline_workers_live 2.0" in metrics
     assert "pipeline_worker_tenants_held 1.0" in metrics
     assert "pipeline_worker_requests_per_second 5.0" in metrics
+
+
+@needs_postgres
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_sighup_on_a_worker_adds_a_tenant_and_keeps_its_registration(tmp_path: Path, schema: str) -> None:
+    """`run` on PostgreSQL: a reload that adds a tenant claims and cycles it at once; the worker stays the same
+    registration (no leave and join between the configurations); a stop leaves no lease and no worker row."""
+    import io
+    import signal
+
+    import asyncpg
+    from rich.console import Console
+
+    from pipeline.commands import run_forever
+    from pipeline.config import load_settings
+    from pipeline.runtime import TenantState
+
+    async with small_world(2) as world:
+        config = tmp_path / "pipeline.toml"
+        head = "status_port = 0\nlease_seconds = 1.5\nlease_grace_seconds = 0.5\n"
+        full = head + world.config_toml(schema_dsn(schema), requests_per_second=400)
+        base, first, _ = full.split("[[tenants]]")
+        config.write_text(base + "[[tenants]]" + first, encoding="utf-8")
+        settings = load_settings(config)
+        stop = anyio.Event()
+        cycled: list[str] = []
+
+        def record(state: TenantState) -> None:
+            cycled.append(state.name)
+
+        async def workers() -> list[str]:
+            conn = await asyncpg.connect(schema_dsn(schema))
+            try:
+                return [str(r[0]) for r in await conn.fetch("SELECT id FROM workers")]
+            finally:
+                await conn.close()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: run_forever(
+                    Console(file=io.StringIO()), settings, stop=stop, cycled=record, hangup=signal.SIGHUP
+                )
+            )
+            await eventually(lambda: world.tenants[0].name in cycled, 20, "the first tenant cycles")
+            before = await workers()
+            assert len(before) == 1
+            config.write_text(full, encoding="utf-8")
+            os.kill(os.getpid(), signal.SIGHUP)
+            await eventually(lambda: world.tenants[1].name in cycled, 20, "the added tenant cycles")
+            assert await workers() == before
+            held = await leases(schema)
+            assert sorted(held) == sorted(t.name for t in world.tenants)
+            assert {h for h, *_ in held.values()} == set(before)
+            stop.set()
+        assert await leases(schema) == {}
+        assert await workers() == []
