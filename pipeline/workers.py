@@ -11,11 +11,12 @@ here on first use under the log's migration lock and never copied by `migrate-lo
   lease is a deleted row.
 Every time in them is the database's (`clock_timestamp()`), so the workers' own clocks never have to agree.
 
-**Each heartbeat** (every third of `lease_seconds`; the first at once): renew the worker row, renew the leases of
-the tenants whose loops run here, read the live workers, claim the wanted tenants this worker does not hold, read
-the whole lease table (for `/readyz` and the status page). A claim is one statement, `INSERT … ON CONFLICT (tenant)
-DO UPDATE … WHERE expires_at + grace < clock_timestamp() RETURNING tenant`: of several claimers exactly one gets a
-free or dead tenant, because the conflicting row is locked and its condition checked again on its newest version.
+**Each heartbeat** (every third of `lease_seconds`; the first at once): renew the worker row and read the live
+workers, renew the leases of the tenants whose loops run here, read the whole lease table (who holds what: for
+`assign`, `/readyz` and the status page), claim the wanted tenants this worker does not hold. A claim is one
+statement, `INSERT … ON CONFLICT (tenant) DO UPDATE … WHERE expires_at + grace < clock_timestamp() RETURNING
+tenant`: of several claimers exactly one gets a free or dead tenant, because the conflicting row is locked and its
+condition checked again on its newest version.
 
 **Who wants which tenant** (`assign`): even targets (⌊N/W⌋, one more for the N mod W workers holding most now);
 each live `run` worker keeps what it holds up to its target; the rest go, in a hashed order, to the worker that
