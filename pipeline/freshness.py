@@ -31,7 +31,7 @@ import orjson
 
 from pipeline.clients.poweroffice import parse_timestamp
 from pipeline.eventlog.base import EventLog
-from pipeline.eventlog.sqlite import format_time
+from pipeline.eventlog.sqlite import SqliteEventLog, format_time
 from pipeline.eventlog.sqlite import parse_time as parse_recorded
 from pipeline.events import CommandSucceeded, InvoiceObserved, ProductObserved, StockObserved, to_dict
 
@@ -103,7 +103,7 @@ SELECT s.tenant, s.recorded_at, o.type, o.recorded_at, o.payload
 FROM events s
 JOIN events c ON c.position = s.causation
 JOIN events o ON o.position = c.causation
-WHERE s.type = ? AND o.type IN (?, ?, ?) AND s.recorded_at >= ? {extra}
+WHERE s.type = ? AND o.type IN (?, ?, ?) {extra}
 ORDER BY s.position
 """
 
@@ -111,18 +111,26 @@ ORDER BY s.position
 async def from_log(log: AnyLog, *, since: datetime | None = None, tenant: str | None = None) -> list[Sample]:
     """Every delivery's freshness since `since` (all when None), optionally of one tenant: one SQL join over the
     read-only connection, for `audit stats`."""
-    params: list[Any] = [CommandSucceeded.TYPE, *KINDS, format_time(since) if since else ""]
+    params: list[Any] = [CommandSucceeded.TYPE, *KINDS]
     extra = ""
+    if since is not None:  # SQLite keeps the time as text, PostgreSQL as a timestamptz
+        extra += " AND s.recorded_at >= ?"
+        params.append(format_time(since) if isinstance(log, SqliteEventLog) else since)
     if tenant is not None:
-        extra = "AND s.tenant = ?"
+        extra += " AND s.tenant = ?"
         params.append(tenant)
     rows = await log.query(_SQL.format(extra=extra), params)
     out = []
     for name, answered, obs_type, observed, payload in rows:
-        sample = _sample(name, parse_recorded(answered), obs_type, parse_recorded(observed), orjson.loads(payload))
+        sample = _sample(name, _time(answered), obs_type, _time(observed), orjson.loads(payload))
         if sample is not None:
             out.append(sample)
     return out
+
+
+def _time(recorded_at: str | datetime) -> datetime:
+    """A `recorded_at` as either store returns it (SQLite: text; PostgreSQL: a datetime)."""
+    return recorded_at if isinstance(recorded_at, datetime) else parse_recorded(recorded_at)
 
 
 async def after(log: EventLog, tenant: str, position: int) -> list[Sample]:

@@ -200,7 +200,7 @@ async def _released(log: SqliteEventLog) -> list[tuple[str, str, str, dict[str, 
         " ORDER BY r.position",
         [EntityRedriven.TYPE, EntityRedriven.TYPE, *OUTCOME_TYPES],
     )
-    return [(str(t), str(e), str(at), json.loads(p)) for t, e, at, p in rows]
+    return [(str(t), str(e), _when(at), json.loads(p)) for t, e, at, p in rows]
 
 
 async def _subject(log: EventLog, position: object, shown: int) -> str:
@@ -224,7 +224,12 @@ async def _unanswered(log: SqliteEventLog, floor: int) -> list[tuple[str, str, s
         f" ORDER BY c.position LIMIT {PENDING_LIMIT}",
         [floor, *COMMAND_TYPES, *OUTCOME_TYPES, *COMMAND_TYPES],
     )
-    return [(str(t), str(e), str(ty), str(at), json.loads(p)) for t, e, ty, at, p in rows]
+    return [(str(t), str(e), str(ty), _when(at), json.loads(p)) for t, e, ty, at, p in rows]
+
+
+def _when(recorded_at: object) -> str:
+    """A `recorded_at` as SQLite stores it (text) and PostgreSQL returns it (a datetime), as the same text."""
+    return format_time(recorded_at) if isinstance(recorded_at, datetime) else str(recorded_at)
 
 
 async def with_causes(log: EventLog, rows: list[audit.Row], limit: int = 20) -> list[audit.Row]:

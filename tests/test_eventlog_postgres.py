@@ -237,15 +237,21 @@ async def test_concurrent_writers_never_let_a_reader_skip_a_position(schema: str
 
 
 @pytest.mark.anyio
-async def test_open_log_picks_the_store_by_the_database(tmp_path: Path) -> None:
-    """A postgresql:// database opens the PostgreSQL log; a path opens the SQLite file; a bad server is a StoreError
-    that does not show the password."""
+async def test_open_log_picks_the_store_by_the_database(tmp_path: Path, schema: str) -> None:
+    """A postgresql:// database opens the PostgreSQL log (here in a schema of its own, named by the URL, so a log
+    another branch or run left in the default schema is no concern); a path opens the SQLite file; a bad server is
+    a StoreError that does not show the password."""
     from pipeline.eventlog.postgres import PostgresEventLog
     from pipeline.eventlog.sqlite import SqliteEventLog
 
     assert is_postgres(DSN)
     assert not is_postgres(tmp_path / "x.db")
-    log = await open_log(DSN)
+    conn = await connect(schema)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+    finally:
+        await conn.close()
+    log = await open_log(f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}")
     try:
         assert isinstance(log, PostgresEventLog)
     finally:
@@ -449,3 +455,78 @@ def test_sigkill_mid_batch_leaves_all_or_nothing(schema: str) -> None:
         assert cursor >= last
         last = cursor
     assert last >= 8
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_operator_commands_on_postgres(tmp_path: Path, schema: str) -> None:
+    """After a sync on PostgreSQL, the operator's commands read the same log: `audit stats` (with delivery
+    freshness), `audit failures`, `audit history`, `redrive` (which looks the entity up by SQL) and `replay
+    --dry-run` all answer, as they do on SQLite."""
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+
+    from pipeline.fakes.world import fake_world
+    from pipeline.runtime import Runtime
+
+    conn = await connect(schema)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+    finally:
+        await conn.close()
+    database = f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}"
+    async with fake_world(1, products=6, customers=3, invoices=6, requests_per_second=500) as world:
+        config = tmp_path / "pipeline.toml"
+        config.write_text(world.config_toml(database, requests_per_second=500))
+        from pipeline.config import load_settings
+
+        async with Runtime(load_settings(config)) as runtime:
+            assert (await runtime.cycle()).exit_code == 0
+        tenant = world.tenants[0].name
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", *args, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+    stats = await anyio.to_thread.run_sync(cli, "audit", "stats")
+    assert stats.returncode == 0, stats.stderr
+    assert "command.succeeded" in stats.stdout
+    assert "freshness" in stats.stdout.lower()
+    failures = await anyio.to_thread.run_sync(cli, "audit", "failures")
+    assert failures.returncode == 0, failures.stderr
+    articles = await runtime_entities(database, tenant)
+    history = await anyio.to_thread.run_sync(cli, "audit", "history", tenant, articles[0])
+    assert history.returncode == 0, history.stderr
+    assert "delivered" in history.stdout
+    redrive = await anyio.to_thread.run_sync(cli, "redrive", tenant, articles[0], "--reason", "check")
+    assert redrive.returncode == 2, redrive
+    assert "not quarantined" in redrive.stderr + redrive.stdout
+    unknown = await anyio.to_thread.run_sync(cli, "redrive", tenant, "article:nope", "--reason", "check")
+    assert unknown.returncode == 2, unknown
+    assert "has no entity" in unknown.stderr + unknown.stdout
+    now = datetime.now(UTC)
+    replay = await anyio.to_thread.run_sync(
+        cli,
+        "replay",
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--to",
+        (now.replace(year=now.year + 1)).isoformat(),
+        "--dry-run",
+    )
+    assert replay.returncode == 0, replay.stderr
+
+
+async def runtime_entities(database: str, tenant: str) -> list[str]:
+    """The tenant's delivered article entities in the log at `database`."""
+    async with await open_log(database) as log:
+        return sorted(
+            await log.entities([ev.CommandSucceeded.TYPE], tenant=tenant)
+            & {e for e in await log.entities([ev.ArticleUpsertRequested.TYPE], tenant=tenant)}
+        )

@@ -10,6 +10,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,6 +23,7 @@ from pipeline.runtime import CycleReport, Runtime, TenantReport
 from pipeline.serving import serve_app
 from pipeline.statuspage import MAX_BARS, chart_svg, render_page
 from pipeline.web import CyclePoint, Status, create_app
+from tests.postgres_server import unavailable as pg_unavailable
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -342,13 +344,37 @@ def test_chart_merges_cycles_beyond_its_width() -> None:
     assert chart_svg([], T0) == "<p class=muted>no cycle has finished yet</p>"
 
 
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.skipif(pg_unavailable() is not None, reason=str(pg_unavailable()))),
+    ]
+)
+async def any_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """An empty log of each store (the PostgreSQL one in a schema of its own; skipped without a server)."""
+    if request.param == "sqlite":
+        from pipeline.eventlog.sqlite import SqliteEventLog
+
+        async with await SqliteEventLog.open(tmp_path / "p.db") as log:
+            yield log
+        return
+    import os
+    import uuid
+
+    from pipeline.eventlog.postgres import PostgresEventLog
+
+    schema = "pipeline_test_" + uuid.uuid4().hex[:12]
+    async with await PostgresEventLog.open(os.environ["PIPELINE_TEST_POSTGRES"], schema=schema) as log:
+        yield log
+
+
 @pytest.mark.anyio
-async def test_the_page_finds_the_same_failures_as_audit(tmp_path: Path) -> None:
-    """The page's own failure query answers as `audit failures` does: a permanent failure stands until a re-drive
-    or a newer outcome, a transient one too (as pending), a mapping failure until the record is observed again."""
+async def test_the_page_finds_the_same_failures_as_audit(any_log: Any) -> None:
+    """The page's own failure query answers as `audit failures` does, on either store: a permanent failure stands
+    until a re-drive or a newer outcome, a transient one too (as pending), a mapping failure until the record is
+    observed again."""
     from pipeline import audit
     from pipeline.eventlog.base import NewEvent
-    from pipeline.eventlog.sqlite import SqliteEventLog
     from pipeline.events import (
         ArticleUpsertRequested,
         CommandFailed,
@@ -359,30 +385,30 @@ async def test_the_page_finds_the_same_failures_as_audit(tmp_path: Path) -> None
     )
     from pipeline.statuspage import read_log_view
 
-    async with await SqliteEventLog.open(tmp_path / "p.db") as log:
-        n = 0
+    log = any_log
+    n = 0
 
-        async def add(entity: str, event: object, causation: int | None = None) -> int:
-            nonlocal n
-            n += 1
-            await log.append([NewEvent("a", entity, event, f"k{n}", causation)])  # type: ignore[arg-type]
-            return await log.max_position()
+    async def add(entity: str, event: object, causation: int | None = None) -> int:
+        nonlocal n
+        n += 1
+        await log.append([NewEvent("a", entity, event, f"k{n}", causation)])  # type: ignore[arg-type]
+        return await log.max_position()
 
-        for name in ("held", "redriven", "healed", "transient"):
-            cmd = await add(f"article:{name}", ArticleUpsertRequested({"articleNumber": name}))
-            await add(f"article:{name}", CommandFailed(cmd, 400, f"{name} refused", 1, name != "transient"), cmd)
-        await add("article:redriven", EntityRedriven("fixed", "operator"))
-        cmd = await add("article:healed", ArticleUpsertRequested({"articleNumber": "healed", "x": 1}))
-        await add("article:healed", CommandSucceeded(cmd, {}, 1), cmd)
-        for name in ("broken", "repaired"):
-            obs = await add(f"product:{name}", ProductObserved({"Id": 1, "Code": None}))
-            await add(f"product:{name}", MappingFailed(obs, "Code", "no Code"), obs)
-        await add("product:repaired", ProductObserved({"Id": 1, "Code": "R"}))
-        cmd = await add("article:waiting", ArticleUpsertRequested({"articleNumber": "waiting"}))
+    for name in ("held", "redriven", "healed", "transient"):
+        cmd = await add(f"article:{name}", ArticleUpsertRequested({"articleNumber": name}))
+        await add(f"article:{name}", CommandFailed(cmd, 400, f"{name} refused", 1, name != "transient"), cmd)
+    await add("article:redriven", EntityRedriven("fixed", "operator"))
+    cmd = await add("article:healed", ArticleUpsertRequested({"articleNumber": "healed", "x": 1}))
+    await add("article:healed", CommandSucceeded(cmd, {}, 1), cmd)
+    for name in ("broken", "repaired"):
+        obs = await add(f"product:{name}", ProductObserved({"Id": 1, "Code": None}))
+        await add(f"product:{name}", MappingFailed(obs, "Code", "no Code"), obs)
+    await add("product:repaired", ProductObserved({"Id": 1, "Code": "R"}))
+    cmd = await add("article:waiting", ArticleUpsertRequested({"articleNumber": "waiting"}))
 
-        expected = {r.entity for r in await audit.failures(log)}
-        assert expected == {"article:held", "article:transient", "product:broken"}
-        view = await read_log_view(log, ["a"])
+    expected = {r.entity for r in await audit.failures(log)}
+    assert expected == {"article:held", "article:transient", "product:broken"}
+    view = await read_log_view(log, ["a"])
     # The page holds what `audit failures` lists, less the transient failure, which it shows as pending.
     assert {h.entity for h in view.held} == expected - {"article:transient"} == {"article:held", "product:broken"}
     assert {(p.entity, p.reason.split(":")[0]) for p in view.pending} == {

@@ -511,7 +511,13 @@ class PostgresEventLog:
         return int(rows[0][0]) if rows else 0
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run SQL for audit in a read-only transaction that the server cancels after `QUERY_TIMEOUT_MS`."""
+        """Run SQL for audit in a read-only transaction that the server cancels after `QUERY_TIMEOUT_MS`.
+
+        With `params`, SQL written for either store works: SQLite's `?` placeholders (outside quotes) become `$1`,
+        `$2`, … (`numbered`). Without them the text is run as it is (an operator's `audit sql` may use `?`, a
+        json operator here)."""
+        if params:
+            sql = numbered(sql)
         try:
             async with self._pool.acquire() as conn, conn.transaction(readonly=True):
                 await conn.execute(f"SET LOCAL statement_timeout = {int(QUERY_TIMEOUT_MS)}")
@@ -520,6 +526,28 @@ class PostgresEventLog:
             if _is_store_error(exc):
                 raise StoreError(f"query on {self.path} failed: {exc}") from exc
             raise
+
+
+def numbered(sql: str) -> str:
+    """`sql` with each `?` placeholder outside quoted text ('…', "…") numbered as PostgreSQL's `$1`, `$2`, …;
+    SQL already numbered (`$1`) is returned as it is."""
+    if "?" not in sql or "$1" in sql:
+        return sql
+    out: list[str] = []
+    quote: str | None = None
+    n = 0
+    for ch in sql:
+        if quote is not None:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "?":
+            n += 1
+            out.append(f"${n}")
+            continue
+        out.append(ch)
+    return "".join(out)
 
 
 async def _migrate(conn: Any, where: str) -> None:
