@@ -23,12 +23,16 @@ the log says, decide with the pure `pipeline.senders.plan.plan`, carry the plan 
 - A stage may still decide not to send (an order already delivered or started in the warehouse): that is a
   `CommandSkipped` with the reason. Nothing is dropped without an event saying so.
 
-**Outcomes and checkpoints.** Each outcome is appended with the lane's checkpoint (`sender.ongoing` or
-`sender.poweroffice`, per tenant) in one transaction. The checkpoint only tells where to start reading; a re-drive
-or a transient failure from before it is found again from the entity's newest events. A crash between a target's
-answer and the outcome's append leaves the command without an outcome, so the next run sends it again: an upsert
-repeated once, never an order created twice (the order stage looks first). A run that finds nothing to do writes
-nothing, except to move the checkpoint over new events of other kinds.
+**Outcomes and checkpoints.** A lane hands each outcome to the run's recorder (`pipeline.senders.recorder`) and
+goes on with its next delivery; the recorder appends the outcomes the lanes handed over meanwhile in one
+transaction, with each lane's checkpoint (`sender.ongoing` or `sender.poweroffice`, per tenant) computed from the
+recorded outcomes only. A lane starts a delivery only while at most `in_flight` of its outcomes wait, a command
+that needs other entities starts only once their outcomes are recorded, and a lane ends only once its outcomes are
+in the log. The checkpoint only tells where to start reading; a re-drive or a transient failure from before it is
+found again from the entity's newest events. A crash between a target's answer and the outcome's append leaves the
+command without an outcome (at most `2 × in_flight` commands per lane: in flight, or waiting for the recorder), so
+the next run sends it again: an upsert repeated once, never an order created twice (the order stage looks first).
+A run that finds nothing to do writes nothing, except to move the checkpoint over new events of other kinds.
 
 **Concurrency.** Lanes run side by side, at most `parallel` per stage. Within a lane a stage sets how many
 deliveries run at once (`in_flight`: 1 for Ongoing, whose writes are one at a time per goods owner).
