@@ -260,6 +260,9 @@ async def retrying(
     Raises the last error when the bounds are reached.
     """
     counter = attempts if attempts is not None else Attempts()
+    if policy.attempts == 1:  # one attempt, nothing to retry: no retry machinery on the path (the sender's
+        counter.count += 1  # one-attempt writer makes one such call per write)
+        return await call()
     async for attempt in stamina.retry_context(
         on=_hook(policy),
         attempts=policy.attempts,

@@ -23,12 +23,16 @@ the log says, decide with the pure `pipeline.senders.plan.plan`, carry the plan 
 - A stage may still decide not to send (an order already delivered or started in the warehouse): that is a
   `CommandSkipped` with the reason. Nothing is dropped without an event saying so.
 
-**Outcomes and checkpoints.** Each outcome is appended with the lane's checkpoint (`sender.ongoing` or
-`sender.poweroffice`, per tenant) in one transaction. The checkpoint only tells where to start reading; a re-drive
-or a transient failure from before it is found again from the entity's newest events. A crash between a target's
-answer and the outcome's append leaves the command without an outcome, so the next run sends it again: an upsert
-repeated once, never an order created twice (the order stage looks first). A run that finds nothing to do writes
-nothing, except to move the checkpoint over new events of other kinds.
+**Outcomes and checkpoints.** A lane hands each outcome to the run's recorder (`pipeline.senders.recorder`) and
+goes on with its next delivery; the recorder appends the outcomes the lanes handed over meanwhile in one
+transaction, with each lane's checkpoint (`sender.ongoing` or `sender.poweroffice`, per tenant) computed from the
+recorded outcomes only. A lane starts a delivery only while at most `in_flight` of its outcomes wait, a command
+that needs other entities starts only once their outcomes are recorded, and a lane ends only once its outcomes are
+in the log. The checkpoint only tells where to start reading; a re-drive or a transient failure from before it is
+found again from the entity's newest events. A crash between a target's answer and the outcome's append leaves the
+command without an outcome (at most `2 × in_flight` commands per lane: in flight, or waiting for the recorder), so
+the next run sends it again: an upsert repeated once, never an order created twice (the order stage looks first).
+A run that finds nothing to do writes nothing, except to move the checkpoint over new events of other kinds.
 
 **Concurrency.** Lanes run side by side, at most `parallel` per stage. Within a lane a stage sets how many
 deliveries run at once (`in_flight`: 1 for Ongoing, whose writes are one at a time per goods owner).
@@ -66,6 +70,7 @@ from pipeline.events import (
 )
 from pipeline.senders.breaker import Breakers, CircuitBreaker
 from pipeline.senders.plan import Attempt, History, Omit, Plan, Send, Wait, plan, terminal, wait_reason
+from pipeline.senders.recorder import Recorder, Track, Watermark
 
 logger = logging.getLogger(__name__)
 
@@ -261,53 +266,38 @@ class StageRunner:
         sends them. They are counted `waiting`."""
         summary = SendSummary({t.name: TenantSummary() for t in self.tenants})
         errors: list[Exception] = []
+        # The lanes hand their outcomes to one recorder, which appends them in batches while they go on writing.
+        recorder = Recorder(self.log)
 
         async def lane(stage: Stage, tenant: TenantSettings, limiter: anyio.CapacityLimiter) -> None:
             counts = TenantSummary()
             try:
                 async with limiter:
                     breaker = self.breakers.lane(stage.name, tenant.name)
-                    await _Lane(self.log, stage, tenant, counts, breaker=breaker, expired=expired).run()
+                    await _Lane(
+                        self.log, stage, tenant, counts, breaker=breaker, expired=expired, recorder=recorder
+                    ).run()
             except Exception as exc:  # one broken lane must not cancel the others; re-raised below
                 logger.exception("sender %s for tenant %s failed", stage.name, tenant.name)
                 errors.append(exc)
             summary.tenant(tenant.name).add(counts)
 
-        async with anyio.create_task_group() as tg:
-            for stage in self.stages:
-                limiter = anyio.CapacityLimiter(self.parallel)
-                for tenant in self.tenants:
-                    if stage.serves(tenant):
-                        tg.start_soon(lane, stage, tenant, limiter)
+        async with anyio.create_task_group() as recording:
+            recording.start_soon(recorder.run)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for stage in self.stages:
+                        limiter = anyio.CapacityLimiter(self.parallel)
+                        for tenant in self.tenants:
+                            if stage.serves(tenant):
+                                tg.start_soon(lane, stage, tenant, limiter)
+            finally:
+                recorder.close()  # every lane has flushed its outcomes (or failed): nothing more comes
         if len(errors) == 1:
             raise errors[0]
         if errors:
             raise ExceptionGroup("several sender lanes failed", errors)
         return summary
-
-
-class _Watermark:
-    """The checkpoint a lane may store: just below its oldest command still open in this run, else `head`.
-
-    Positions are only ever closed, so the value never goes down.
-    """
-
-    def __init__(self, head: int) -> None:
-        self.head = head
-        self._open: list[int] = []
-        self._closed: set[int] = set()
-
-    def open(self, position: int) -> None:
-        heapq.heappush(self._open, position)
-
-    def close(self, position: int) -> None:
-        self._closed.add(position)
-
-    @property
-    def value(self) -> int:
-        while self._open and self._open[0] in self._closed:
-            self._closed.discard(heapq.heappop(self._open))
-        return self._open[0] - 1 if self._open else self.head
 
 
 class _Lane:
@@ -321,6 +311,8 @@ class _Lane:
         counts: TenantSummary,
         breaker: CircuitBreaker | None = None,
         expired: Callable[[], bool] | None = None,
+        *,
+        recorder: Recorder,
     ) -> None:
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.log = log
@@ -331,10 +323,11 @@ class _Lane:
         self.view = LaneView(tenant, log, {}, self.breaker)
         self.quarantined: set[str] = set()
         self.checkpoint = 0
-        self.watermark = _Watermark(0)
+        self.watermark = Watermark(0)
         self.refused: str | None = None
         self.held = 0  # commands not sent because the breaker is open
-        self._record_lock = anyio.Lock()
+        self.recorder = recorder
+        self.track: Track | None = None  # made once the plan is recorded
 
     async def run(self) -> None:
         decided = await self._plan()
@@ -444,7 +437,7 @@ class _Lane:
             identical=identical,
         )
         self.quarantined = set(decided.quarantined)
-        self.watermark = _Watermark(head)
+        self.watermark = Watermark(head)
         for position in [s.command.position for s in decided.sends] + [w.command.position for w in decided.waits]:
             self.watermark.open(position)
         events = [
@@ -479,6 +472,10 @@ class _Lane:
         return {e for e in self.stage.needs(command.event) if e not in self.view.delivered or e in self.quarantined}
 
     async def _carry_out(self, decided: Plan) -> None:
+        # Outcomes go to the recorder; the lane goes on while at most `in_flight` of them wait to be appended.
+        track = self.track = self.recorder.track(
+            (self.stage.name, self.tenant.name), self.checkpoint, self.watermark, limit=self.stage.in_flight
+        )
         ready: list[tuple[int, StoredEvent]] = []
         for decision in decided.decisions:
             match decision:
@@ -494,10 +491,16 @@ class _Lane:
         parked: dict[str, list[StoredEvent]] = defaultdict(list)
         missing: dict[int, tuple[StoredEvent, set[str]]] = {}
         running = started = 0
+        failure: Exception | None = None
         finished, finished_out = anyio.create_memory_object_stream[tuple[StoredEvent, bool]](math.inf)
         with finished, finished_out:
             async with anyio.create_task_group() as tg:
                 while True:
+                    try:
+                        await track.room()
+                    except Exception as exc:  # the lane's outcomes cannot be recorded: it starts nothing more
+                        failure = exc
+                        break  # the writes in flight finish (their outcomes are dropped)
                     while (
                         ready
                         and running < self.stage.in_flight
@@ -531,6 +534,10 @@ class _Lane:
                         if not left:
                             del missing[waiter.position]
                             heapq.heappush(ready, (waiter.position, waiter))
+            if failure is not None:
+                raise failure
+            await track.flush()  # the lane ends once its outcomes are in the log
+            self.checkpoint = track.checkpoint
         # `ready` is left when the breaker opened or the run expired: those commands have no outcome, so they wait.
         self.held = len(ready)
         self.counts.waiting += len(ready)
@@ -539,6 +546,12 @@ class _Lane:
             self.counts.waits[command.entity] = wait_reason(sorted(left), self.quarantined)
 
     async def _deliver(self, command: StoredEvent, finished: MemoryObjectSendStream[tuple[StoredEvent, bool]]) -> None:
+        assert self.track is not None
+        needs = self.stage.needs(command.event)
+        if needs and self.track.waits_for(needs):
+            # What it depends on was delivered in this run: it goes once that is in the log, so the log never
+            # holds this command's write without its dependencies' deliveries before it.
+            await self.track.settled(needs)
         attempts = Attempts()
         result: Result
         try:
@@ -580,9 +593,9 @@ class _Lane:
             )
             self.counts.failed += 1
             logger.warning("%s %s %s: %s", self.stage.name, self.tenant.name, command.entity, result.message)
-        # Recorded before this delivery slot takes its next command, so a crash loses at most the answers of the
-        # commands in flight (one per Ongoing lane): each is repeated once on the next run, no more.
-        await self._record(command, outcome)
+        # Handed to the recorder; the slot takes its next command meanwhile. A crash loses at most the answers in
+        # flight and those waiting for the recorder (`Track.room` bounds them): each is sent again once next run.
+        self._record(command, outcome)
         if isinstance(outcome, CommandSucceeded):
             self.view.delivered[command.entity] = outcome
             self.quarantined.discard(command.entity)  # only a delivery (or a re-drive) ends a quarantine
@@ -605,16 +618,11 @@ class _Lane:
         key = f"{self.tenant.name}/{command.entity}/{self.stage.name}/{command.position}/{suffix}"
         return NewEvent(self.tenant.name, command.entity, event, key, causation=command.position)
 
-    async def _record(self, command: StoredEvent, event: Event) -> None:
-        """Append the outcome and move the checkpoint, in one transaction. A transient failure is no terminal
-        outcome: the checkpoint stays below the command, so the next run reads it and sends it again."""
-        new = self._outcome(command, event)
-        async with self._record_lock:  # so checkpoint moves are committed in the order they were computed
-            if terminal([event]):
-                self.watermark.close(command.position)
-            checkpoint = max(self.checkpoint, self.watermark.value)
-            await self.log.append([new], checkpoints={(self.stage.name, self.tenant.name): checkpoint})
-            self.checkpoint = checkpoint
+    def _record(self, command: StoredEvent, event: Event) -> None:
+        """Hand the outcome to the recorder, which appends it with the lane's checkpoint. A transient failure is no
+        terminal outcome: the checkpoint stays below the command, so the next run reads it and sends it again."""
+        assert self.track is not None
+        self.track.hand(self._outcome(command, event), command.position, terminal=terminal([event]))
 
 
 def _joined(first: str | None, second: str) -> str:
