@@ -129,6 +129,36 @@ async def test_rebuild_heads_repairs_and_counts(schema: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_flags_kept_by_append_equal_flags_rebuilt_and_repaired(schema: str) -> None:
+    """entity_flags, kept by the statement trigger (several events of one entity in one append), equals the table
+    rebuilt from the log; damaged rows are put right by rebuild_heads and counted."""
+    import random
+
+    from tests.eventlog_contract import flagging_history
+
+    async with await open_pg(schema=schema) as log:
+        rng = random.Random(8)
+        for batch in range(10):
+            await log.append(flagging_history(rng, 40, batch * 40))
+        conn = await connect(schema)
+        try:
+            query = "SELECT tenant, grp, entity, type, position FROM entity_flags ORDER BY 1, 2, 3"
+            maintained = [tuple(r) for r in await conn.fetch(query)]
+            assert len(maintained) >= 3
+            done = await log.rebuild_heads()
+            assert (done.flags, done.wrong) == (len(maintained), 0)
+            assert [tuple(r) for r in await conn.fetch(query)] == maintained
+            key = "(tenant, grp, entity) = ($1, $2, $3)"
+            await conn.execute(f"DELETE FROM entity_flags WHERE {key}", *maintained[0][:3])
+            await conn.execute(f"UPDATE entity_flags SET position = 1 WHERE {key}", *maintained[1][:3])
+            await conn.execute("INSERT INTO entity_flags VALUES ('ghost', 'marks', 'order:0', 'command.failed', 1)")
+            assert (await log.rebuild_heads()).wrong == 3
+            assert [tuple(r) for r in await conn.fetch(query)] == maintained
+        finally:
+            await conn.close()
+
+
+@pytest.mark.anyio
 async def test_failed_append_writes_nothing(schema: str) -> None:
     """An unencodable event, or a failing statement, leaves events, cursors and checkpoints as they were."""
     async with await open_pg(schema=schema) as log:
