@@ -19,6 +19,7 @@ from pipeline.events import (
     Event,
     MappingFailed,
     ObservationRejected,
+    OrderUpsertRequested,
     ProductObserved,
     StockObserved,
 )
@@ -246,3 +247,28 @@ class EventLogContract:
                         expected = {e for e in expected if newest[(tenant, group.name, e)] in types}
                         got = await log.entities(types, tenant=tenant, newest_of=sorted(group.members))
                         assert got == expected, (batch, group.name, tenant, types)
+
+    @pytest.mark.anyio
+    async def test_order_commands_numbered_are_the_heads_holding_those_numbers(self, log: EventLog) -> None:
+        """order_commands_numbered names, per order entity, its newest order command, when that carries one of the
+        numbers: an order renumbered since no longer holds its old number; other tenants' orders are not asked."""
+
+        def order(tenant: str, invoice: str, number: str, key: str) -> NewEvent:
+            body = {"orderNumber": number, "orderLines": []}
+            return NewEvent(tenant, f"order:{invoice}", OrderUpsertRequested(body, invoice, []), key)
+
+        await log.append(
+            [
+                order("a", "i1", "100", "k1"),
+                order("a", "i2", "100", "k2"),
+                order("a", "i3", "200", "k3"),
+                order("b", "i9", "100", "k4"),
+                NewEvent("a", "order:i4", CommandSucceeded(1, {}, 1), "k5"),
+            ]
+        )
+        await log.append([order("a", "i2", "100-7", "k6"), order("a", "i3", "200", "k7")])
+        got = await log.order_commands_numbered("a", ["100", "200", "300"])
+        assert [(e.entity, e.position) for e in got] == [("order:i1", 1), ("order:i3", 7)]
+        assert [e.entity for e in await log.order_commands_numbered("a", ["100-7"])] == ["order:i2"]
+        assert [e.tenant for e in await log.order_commands_numbered("b", ["100"])] == ["b"]
+        assert await log.order_commands_numbered("a", []) == []

@@ -20,6 +20,7 @@ from pipeline.eventlog.sqlite import (
     _split,
     entities_sql,
     latest_sql,
+    order_numbers_sql,
     read_sql,
 )
 from pipeline.events import (
@@ -276,6 +277,7 @@ def _per_cycle_queries() -> dict[str, tuple[str, list[Any]]]:
         "problems: rejections": entities_sql(
             [ObservationRejected.TYPE], tenant=tenant, newest_of=(*OBSERVED_TYPES, ObservationRejected.TYPE)
         ),
+        "projector: who holds these order numbers": order_numbers_sql(tenant, ["1001", "1002"]),
         "checkpoint": ("SELECT position FROM checkpoints WHERE stage = ? AND tenant = ?", ["projector", tenant]),
         "cursor": ("SELECT value FROM cursors WHERE poller = ? AND tenant = ?", ["poweroffice.products", tenant]),
         "head": ("SELECT coalesce(max(position), 0) FROM events", []),
@@ -297,6 +299,10 @@ async def test_per_cycle_queries_search_indexes_and_never_scan_history(tmp_path:
                 assert not step.startswith("SCAN"), (name, plan)
                 if "LIMIT" in sql:  # a page of a read merges index ranges: no sort of everything after the checkpoint
                     assert "TEMP B-TREE" not in step, (name, plan)
+                if name.startswith("projector: who holds"):  # a range of the partial index per number, then heads
+                    assert plan[0] == "SEARCH e USING INDEX events_by_order_number (tenant=? AND <expr>=?)", plan
+                    assert plan[2] == "SEARCH h USING PRIMARY KEY (tenant=? AND type=? AND entity=?)", plan
+                    continue
                 if step.startswith("SEARCH events USING INDEX"):
                     # Reading one tenant's new events walks (tenant, type, position) ranges, never all its rows.
                     assert "events_by_tenant_type (tenant=? AND type=? AND rowid>?" in step, (name, plan)

@@ -161,6 +161,12 @@ class EventLog(Protocol):
         only those whose newest event of any of the `newest_of` types is of `types`."""
         ...
 
+    async def order_commands_numbered(self, tenant: str, numbers: Collection[str]) -> list[StoredEvent]:
+        """The newest `order.upsert_requested` of each of the tenant's order entities whose newest one has one of
+        `numbers` as `body.orderNumber`, in position order (who holds an order number, without reading every
+        order the tenant ever had). Costs the commands that carry those numbers."""
+        ...
+
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:
         """The events whose causation is one of `positions`, in position order."""
         ...

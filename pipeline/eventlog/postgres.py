@@ -112,7 +112,8 @@ CREATE INDEX events_by_tenant_type ON events (tenant, type, position);
 # v4: `entity_flags` (as in the SQLite log; the groups are `FLAG_GROUPS` in base.py): per (tenant, group, entity) a
 # row while the entity's newest event of the group's types is a flag type, so "entities whose newest outcome is a
 # failure" costs the entities failing now. One statement trigger per append folds the newest inserted member per
-# (tenant, group, entity) into it, in the append's transaction.
+# (tenant, group, entity) into it, in the append's transaction. Also `events_by_order_number` (partial: order
+# commands only), so the projector finds who holds an order number without loading every order.
 _V4 = """
 CREATE TABLE flag_groups (
     grp  text    NOT NULL,
@@ -144,6 +145,8 @@ INSERT INTO entity_flags (tenant, grp, entity, type, position)
     JOIN events e ON e.position = n.position
     JOIN flag_groups f ON f.grp = n.grp AND f.type = e.type
     WHERE f.flag;
+CREATE INDEX events_by_order_number ON events (tenant, (payload -> 'body' ->> 'orderNumber'))
+    WHERE type = 'order.upsert_requested';
 CREATE FUNCTION events_keep_flags() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     WITH newest AS (
@@ -571,6 +574,18 @@ class PostgresEventLog:
                 f" AND type = ANY({p(list(newest_of))}) AND entity = h.entity)"
             )
         return {str(row[0]) for row in await self._fetch(sql, p.values)}
+
+    async def order_commands_numbered(self, tenant: str, numbers: Collection[str]) -> list[StoredEvent]:
+        """The newest order command of each order entity whose newest one carries one of `numbers`."""
+        if not numbers:
+            return []
+        sql = (
+            f"SELECT {COLUMNS} FROM events e WHERE e.type = 'order.upsert_requested' AND e.tenant = $1"
+            " AND (e.payload -> 'body' ->> 'orderNumber') = ANY($2::text[])"
+            " AND e.position = (SELECT h.position FROM entity_heads h WHERE h.tenant = e.tenant"
+            " AND h.type = 'order.upsert_requested' AND h.entity = e.entity) ORDER BY e.position"
+        )
+        return rows_to_events(await self._fetch(sql, [tenant, sorted(set(numbers))]))
 
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:
         if not positions:

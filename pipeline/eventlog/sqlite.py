@@ -147,6 +147,8 @@ INSERT INTO entity_flags (tenant, grp, entity, type, position)
     JOIN events e ON e.position = n.position
     JOIN flag_groups f ON f.grp = n.grp AND f.type = e.type
     WHERE f.flag;
+CREATE INDEX events_by_order_number ON events (tenant, json_extract(payload, '$.body.orderNumber'))
+    WHERE type = 'order.upsert_requested';
 CREATE TRIGGER events_keep_flags AFTER INSERT ON events
 BEGIN
     DELETE FROM entity_flags WHERE tenant = NEW.tenant AND entity = NEW.entity AND position < NEW.position
@@ -157,6 +159,9 @@ BEGIN
         WHERE excluded.position > entity_flags.position;
 END;
 """
+
+# (v4 also: `events_by_order_number`, so the projector finds who holds an order number without loading every order
+# of the tenant: a partial index over the order commands only.)
 
 # `entity_flags` as derived from `entity_heads` (so from `events`): per (tenant, group, entity) the newest member
 # event, kept when it is a flag.
@@ -587,6 +592,21 @@ def entities_sql(
     return sql, params
 
 
+def order_numbers_sql(tenant: str, numbers: Sequence[str]) -> tuple[str, list[Any]]:
+    """The query behind `order_commands_numbered`: a range of `events_by_order_number` per number, each row kept
+    only if it is its entity's head. (The type is written out: SQLite uses a partial index only for a literal; and
+    the index is named, so no statistics can turn this into a walk of all the tenant's order commands.)"""
+    marks = ", ".join("?" * len(numbers))
+    sql = (
+        f"SELECT {_COLUMNS} FROM events e INDEXED BY events_by_order_number"
+        " WHERE e.type = 'order.upsert_requested' AND e.tenant = ?"
+        f" AND json_extract(e.payload, '$.body.orderNumber') IN ({marks})"
+        " AND e.position = (SELECT h.position FROM entity_heads h WHERE h.tenant = e.tenant"
+        " AND h.type = 'order.upsert_requested' AND h.entity = e.entity)"
+    )
+    return sql, [tenant, *numbers]
+
+
 def read_sql(
     *,
     after: int = 0,
@@ -824,6 +844,15 @@ class SqliteEventLog:
             return set()
         sql, params = entities_sql(types, tenant=tenant, newest_of=newest_of)
         return {str(row[0]) for row in await self._fetch(sql, params)}
+
+    async def order_commands_numbered(self, tenant: str, numbers: Collection[str]) -> list[StoredEvent]:
+        """The newest order command of each order entity whose newest one carries one of `numbers`."""
+        wanted = sorted(set(numbers))
+        out: list[StoredEvent] = []
+        for i in range(0, len(wanted), _CHUNK):
+            sql, params = order_numbers_sql(tenant, wanted[i : i + _CHUNK])
+            out.extend(_rows_to_events(await self._fetch(sql, params)))
+        return sorted(out, key=lambda e: e.position)
 
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:
         """The events whose causation is one of `positions`, in position order."""
