@@ -479,3 +479,31 @@ def test_sigkill_mid_batch_leaves_all_or_nothing(schema: str) -> None:
         assert cursor >= last
         last = cursor
     assert last >= 8
+
+
+@pytest.mark.anyio
+async def test_order_number_holders_are_found_by_index_not_by_walking_the_orders(schema: str) -> None:
+    """Who holds an order number is a range of the partial index on the order commands' number (then one head per
+    hit), not a walk of every order command the tenant has; the flagged entities are a range of entity_flags."""
+    from pipeline.events import CommandFailed, OrderUpsertRequested
+
+    async with await open_pg(schema=schema) as log:
+        events = []
+        for i in range(3000):
+            body = {"orderNumber": str(i)}
+            events.append(NewEvent(f"t{i % 3}", f"order:{i}", OrderUpsertRequested(body, str(i), []), f"o{i}"))
+            events.append(NewEvent(f"t{i % 3}", f"order:{i}", CommandFailed(i, 400, "no", 1, True), f"f{i}"))
+        await log.append(events)
+        assert [e.entity for e in await log.order_commands_numbered("t1", ["1", "4", "5"])] == ["order:1", "order:4"]
+        conn = await connect(schema)
+        try:
+            await conn.execute("ANALYZE")
+            from pipeline.eventlog.postgres import ORDER_NUMBERS_SQL
+
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {ORDER_NUMBERS_SQL}", "t1", ["1", "4"]))
+            assert "events_by_order_number" in plan, plan
+            flagged = "EXPLAIN SELECT entity FROM entity_flags WHERE tenant = $1 AND grp = $2 AND type = ANY($3)"
+            plan = "\n".join(r[0] for r in await conn.fetch(flagged, "t1", "standing", ["command.failed"]))
+            assert "entity_flags_pkey" in plan, plan
+        finally:
+            await conn.close()

@@ -227,6 +227,16 @@ ON CONFLICT (stage, tenant) DO UPDATE SET position = excluded.position, updated_
 COLUMNS = "position, recorded_at, tenant, entity, type, schema_version, payload, causation, mapping_version, dedupe_key"
 
 
+# `order_commands_numbered`: a range of the partial index `events_by_order_number`, each hit kept if it is its
+# entity's head.
+ORDER_NUMBERS_SQL = (
+    f"SELECT {COLUMNS} FROM events e WHERE e.type = 'order.upsert_requested' AND e.tenant = $1"
+    " AND (e.payload -> 'body' ->> 'orderNumber') = ANY($2::text[])"
+    " AND e.position = (SELECT h.position FROM entity_heads h WHERE h.tenant = e.tenant"
+    " AND h.type = 'order.upsert_requested' AND h.entity = e.entity) ORDER BY e.position"
+)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -579,13 +589,7 @@ class PostgresEventLog:
         """The newest order command of each order entity whose newest one carries one of `numbers`."""
         if not numbers:
             return []
-        sql = (
-            f"SELECT {COLUMNS} FROM events e WHERE e.type = 'order.upsert_requested' AND e.tenant = $1"
-            " AND (e.payload -> 'body' ->> 'orderNumber') = ANY($2::text[])"
-            " AND e.position = (SELECT h.position FROM entity_heads h WHERE h.tenant = e.tenant"
-            " AND h.type = 'order.upsert_requested' AND h.entity = e.entity) ORDER BY e.position"
-        )
-        return rows_to_events(await self._fetch(sql, [tenant, sorted(set(numbers))]))
+        return rows_to_events(await self._fetch(ORDER_NUMBERS_SQL, [tenant, sorted(set(numbers))]))
 
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:
         if not positions:
