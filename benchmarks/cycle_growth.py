@@ -8,8 +8,10 @@ appended through the log's own `append` in big batches: product changes (observa
 stock changes (observation, stock write-back, success) and orders (the unpaid and then the paid invoice
 observation, the order command, its success; now and then a transient failure first), about one third each by
 episode, over the same products the fakes hold, with the stage checkpoints at the end of that history. Then the
-real `Runtime` runs against both fakes (in a child process, as the real APIs are elsewhere): cycles until one
-appends nothing, then `--rounds` unchanged cycles, best kept. `cycle_ratio` = big ÷ small (target ≤ 1.2).
+real `Runtime` runs against both fakes (in a child process per size, as the real APIs are elsewhere): cycles until
+one appends nothing, then `--rounds` unchanged cycles of each size in turns (small, big, big, small, …: the machine
+is shared, and turns give both the same share of whatever else runs), best kept. `cycle_ratio` = big ÷ small
+(target ≤ 1.2).
 
 Soak. `--soak-cycles` unchanged cycles back to back against fakes with `--tenants` × `--soak-products` products;
 `rss_growth` = this process's RSS after the last cycle ÷ after cycle 10 (target ≤ 1.1).
@@ -290,34 +292,48 @@ async def settle(runtime: Runtime, most: int = 6) -> int:
     raise SystemExit(f"the log still grows after {most} cycles: not an unchanged cycle")
 
 
-async def time_cycles(settings: Settings, rounds: int) -> tuple[float, int]:
-    async with Runtime(settings) as runtime:
-        await settle(runtime)
-        times = []
-        for _ in range(rounds):
-            before = await runtime.log.max_position()
+async def settled(settings: Settings, stack: contextlib.AsyncExitStack) -> Runtime:
+    runtime = await stack.enter_async_context(Runtime(settings))
+    await settle(runtime)
+    return runtime
+
+
+async def unchanged_cycle(runtime: Runtime) -> float:
+    before = await runtime.log.max_position()
+    t0 = time.perf_counter()
+    report = await runtime.cycle()
+    elapsed = time.perf_counter() - t0
+    assert report.exit_code == 0, report
+    assert await runtime.log.max_position() == before, "an unchanged cycle appended events"
+    return elapsed
+
+
+async def growth(args: argparse.Namespace, now: datetime, tmp: Path) -> tuple[float, float, int, int]:
+    """Fill both logs, settle a runtime on each, then time their unchanged cycles in turns (small, big, big, small,
+    …): the machine is shared, and turns give both sizes the same share of whatever else runs meanwhile."""
+    sizes = (args.small, args.big)
+    with contextlib.ExitStack() as worlds:
+        fakes_of = [worlds.enter_context(fakes(args.tenants, args.products, args.invoices, now)) for _ in sizes]
+        dbs = [tmp / f"growth{size}.db" for size in sizes]
+        for size, world, db in zip(sizes, fakes_of, dbs, strict=True):
+            # The first real cycles add about `--expected-real` events on top of the history.
             t0 = time.perf_counter()
-            report = await runtime.cycle()
-            times.append(time.perf_counter() - t0)
-            assert report.exit_code == 0, report
-            assert await runtime.log.max_position() == before, "an unchanged cycle appended events"
-        events = await runtime.log.max_position()
-        await runtime.log.checkpoint_wal()
-    print(f"    unchanged cycles: {', '.join(f'{t * 1000:.0f}' for t in times)} ms")
-    return min(times), events
-
-
-async def growth(size: int, args: argparse.Namespace, now: datetime, tmp: Path) -> tuple[float, int, int]:
-    with fakes(args.tenants, args.products, args.invoices, now) as world:
-        db = tmp / f"growth{size}.db"
-        # The first real cycles add about `--expected-real` events on top of the history.
-        t0 = time.perf_counter()
-        head = await fill(db, world, max(0, size - args.expected_real))
-        print(f"  {size:,} events: history of {head:,} filled in {time.perf_counter() - t0:.1f}s")
-        best, events = await time_cycles(settings_for(world, db), args.rounds)
-    size_bytes = file_bytes(db)
-    print(f"    {events:,} events in the log, {size_bytes / 1e6:.1f} MB; best unchanged cycle {best * 1000:.1f} ms")
-    return best, events, size_bytes
+            head = await fill(db, world, max(0, size - args.expected_real))
+            print(f"  {size:,} events: history of {head:,} filled in {time.perf_counter() - t0:.1f}s")
+        async with contextlib.AsyncExitStack() as stack:
+            runtimes = [await settled(settings_for(world, db), stack) for world, db in zip(fakes_of, dbs, strict=True)]
+            times: list[list[float]] = [[], []]
+            for round_ in range(args.rounds):
+                order = (0, 1) if round_ % 2 == 0 else (1, 0)
+                for i in order:
+                    times[i].append(await unchanged_cycle(runtimes[i]))
+            events = [await r.log.max_position() for r in runtimes]
+            for r in runtimes:
+                await r.log.checkpoint_wal()
+    for size, got, n, db in zip(sizes, times, events, dbs, strict=True):
+        shown = ", ".join(f"{t * 1000:.0f}" for t in got)
+        print(f"  {size:,}: {n:,} events in the log, {file_bytes(db) / 1e6:.1f} MB; unchanged cycles: {shown} ms")
+    return min(times[0]), min(times[1]), events[1], file_bytes(dbs[1])
 
 
 async def soak(args: argparse.Namespace, now: datetime, tmp: Path) -> float:
@@ -363,9 +379,11 @@ async def main(argv: list[str]) -> None:
     now = datetime.now(UTC) - timedelta(minutes=1)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        print(f"growth: {args.tenants} tenants × {args.products} products; unchanged cycle, best of {args.rounds}")
-        small, _, _ = await growth(args.small, args, now, tmp)
-        big, big_events, big_bytes = await growth(args.big, args, now, tmp)
+        print(
+            f"growth: {args.tenants} tenants × {args.products} products; unchanged cycle, best of {args.rounds},"
+            " the two sizes in turns"
+        )
+        small, big, big_events, big_bytes = await growth(args, now, tmp)
         (tmp / f"growth{args.big}.db").unlink()
         ratio = big / small
         per_event = big_bytes / big_events

@@ -11,8 +11,8 @@
 
 `resolve` turns what an operator types (a SKU, an order or invoice number) into the entity keys of the log.
 
-One exception writes, and only derived data: `rebuild_heads` recomputes the `entity_heads` table from the events
-(never touching an event) and says how many of its rows were wrong.
+One exception writes, and only derived data: `rebuild_heads` recomputes the `entity_heads` table (and
+`entity_flags` from it) from the events (never touching an event) and says how many of their rows were wrong.
 """
 
 from __future__ import annotations
@@ -249,5 +249,5 @@ async def sql(log: AnyLog, query: str, *, timeout: float = 30.0) -> tuple[list[s
 
 
 async def rebuild_heads(log: AnyLog) -> HeadsRebuilt:
-    """Recompute `entity_heads` from the events (`pipeline audit rebuild-heads`)."""
+    """Recompute `entity_heads` and `entity_flags` from the events (`pipeline audit rebuild-heads`)."""
     return await log.rebuild_heads()

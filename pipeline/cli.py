@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument(
         "--timeout", type=float, default=30.0, metavar="S", help="stop the query after S seconds (default: 30)"
     )
-    question("rebuild-heads", "recompute the derived entity_heads table from the events (repairs, never loses)")
+    question("rebuild-heads", "recompute the derived heads and flags tables from the events (repairs, never loses)")
 
     redrive = command("redrive", "release a quarantined entity so its latest command is sent again")
     redrive.add_argument("tenant", help="tenant name, as in the config")
@@ -186,9 +186,12 @@ async def _rebuild_heads(console: Console, settings: Settings, as_json: bool) ->
     async with await open_log(settings.database, mode="existing") as log:
         done = await rebuild_heads(log)
     if as_json:
-        console.print_json(orjson.dumps({"heads": done.heads, "wrong": done.wrong}).decode())
+        console.print_json(orjson.dumps({"heads": done.heads, "wrong": done.wrong, "flags": done.flags}).decode())
     else:
-        console.print(f"entity_heads rebuilt from the log: {done.heads} rows, {done.wrong} were wrong or missing")
+        console.print(
+            f"entity_heads rebuilt from the log: {done.heads} rows, {done.wrong} were wrong or missing"
+            f" (entity_flags too: {done.flags} entities flagged)"
+        )
     return EXIT_OK
 
 

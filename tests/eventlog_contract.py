@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from pipeline.eventlog.base import EventLog, NewEvent
-from pipeline.events import CommandSucceeded, ProductObserved, StockObserved
+from pipeline.eventlog.base import FLAG_GROUPS, EventLog, NewEvent
+from pipeline.events import (
+    CommandFailed,
+    CommandSkipped,
+    CommandSucceeded,
+    EntityRedriven,
+    Event,
+    MappingFailed,
+    ObservationRejected,
+    OrderUpsertRequested,
+    ProductObserved,
+    StockObserved,
+)
 
 
 class StepClock:
@@ -32,6 +45,30 @@ def product(tenant: str, pid: int, price: float, key: str | None = None) -> NewE
         event=ProductObserved(product={"Id": pid, "Code": f"P{pid}", "UnitPrice": price}),
         dedupe_key=key or f"{tenant}/product:{pid}@{price}",
     )
+
+
+def flagging_history(rng: random.Random, n: int, start: int) -> list[NewEvent]:
+    """Random observations, outcomes, re-drives, mapping failures and rejections over a few tenants and entities,
+    several for one entity in one append now and then, duplicates among them."""
+    out = []
+    for i in range(start, start + n):
+        tenant = f"t{rng.randrange(2)}"
+        entity = f"x:{rng.randrange(8)}"
+        event: Event = rng.choice(
+            [
+                ProductObserved({"Id": i}),
+                StockObserved("A", i, {"numberOfItems": i}),
+                CommandSucceeded(i, {}, 1),
+                CommandFailed(i, 400, "no", 1, True),
+                CommandFailed(i, 503, "later", 3, False),
+                CommandSkipped(i, "superseded"),
+                EntityRedriven("fixed", "op"),
+                MappingFailed(i, "Code", "conflict"),
+                ObservationRejected("products", "Id", "no Id"),
+            ]
+        )
+        out.append(NewEvent(tenant, entity, event, f"{tenant}/{entity}/{rng.randrange(3 * n)}"))
+    return out
 
 
 class EventLogContract:
@@ -190,3 +227,48 @@ class EventLogContract:
             ["command.succeeded"], tenant="a", newest_of=["product.observed", "command.succeeded"]
         )
         assert newest_ok == {"product:4"}
+
+    @pytest.mark.anyio
+    async def test_flagged_entities_are_those_whose_newest_event_of_the_group_is_a_flag(self, log: EventLog) -> None:
+        """entities(types, newest_of=<a flag group>) (served by the flags table) names exactly the entities whose
+        newest event of the group is of `types`, as read from the events, after every append."""
+        rng = random.Random(4)
+        for batch in range(12):
+            await log.append(flagging_history(rng, 25, batch * 25))
+            newest: dict[tuple[str, str, str], str] = {}
+            async for stored in log.read():
+                for group in FLAG_GROUPS:
+                    if stored.type in group.members:
+                        newest[(stored.tenant, group.name, stored.entity)] = stored.type
+            for group, tenant in itertools.product(FLAG_GROUPS, ("t0", "t1")):
+                for n in range(1, len(group.flags) + 1):
+                    for types in itertools.combinations(sorted(group.flags), n):
+                        expected = {e for (t, g, e), type_ in newest.items() if (t, g) == (tenant, group.name)}
+                        expected = {e for e in expected if newest[(tenant, group.name, e)] in types}
+                        got = await log.entities(types, tenant=tenant, newest_of=sorted(group.members))
+                        assert got == expected, (batch, group.name, tenant, types)
+
+    @pytest.mark.anyio
+    async def test_order_commands_numbered_are_the_heads_holding_those_numbers(self, log: EventLog) -> None:
+        """order_commands_numbered names, per order entity, its newest order command, when that carries one of the
+        numbers: an order renumbered since no longer holds its old number; other tenants' orders are not asked."""
+
+        def order(tenant: str, invoice: str, number: str, key: str) -> NewEvent:
+            body = {"orderNumber": number, "orderLines": []}
+            return NewEvent(tenant, f"order:{invoice}", OrderUpsertRequested(body, invoice, []), key)
+
+        await log.append(
+            [
+                order("a", "i1", "100", "k1"),
+                order("a", "i2", "100", "k2"),
+                order("a", "i3", "200", "k3"),
+                order("b", "i9", "100", "k4"),
+                NewEvent("a", "order:i4", CommandSucceeded(1, {}, 1), "k5"),
+            ]
+        )
+        await log.append([order("a", "i2", "100-7", "k6"), order("a", "i3", "200", "k7")])
+        got = await log.order_commands_numbered("a", ["100", "200", "300"])
+        assert [(e.entity, e.position) for e in got] == [("order:i1", 1), ("order:i3", 7)]
+        assert [e.entity for e in await log.order_commands_numbered("a", ["100-7"])] == ["order:i2"]
+        assert [e.tenant for e in await log.order_commands_numbered("b", ["100"])] == ["b"]
+        assert await log.order_commands_numbered("a", []) == []

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.eventlog.base import NewEvent
+from pipeline.eventlog.base import FLAG_GROUPS, NewEvent
 from pipeline.eventlog.sqlite import (
     _COLUMNS,
     MIGRATIONS,
@@ -20,6 +20,7 @@ from pipeline.eventlog.sqlite import (
     _split,
     entities_sql,
     latest_sql,
+    order_numbers_sql,
     read_sql,
 )
 from pipeline.events import (
@@ -29,11 +30,15 @@ from pipeline.events import (
     CommandFailed,
     CommandSucceeded,
     EntityRedriven,
+    MappingFailed,
+    ObservationRejected,
+    OrderUpsertRequested,
     ProductObserved,
     StockObserved,
 )
 from pipeline.projectors.commands import COMMANDS
-from pipeline.senders.base import MARK_TYPES
+from pipeline.senders.base import MARK_TYPES, STANDING_TYPES
+from tests.eventlog_contract import flagging_history
 
 
 def _heads(path: Path) -> list[tuple[Any, ...]]:
@@ -138,6 +143,105 @@ async def test_migration_to_v3_builds_heads_from_an_existing_log(tmp_path: Path)
         assert _heads(path) == _derived_heads(path)
 
 
+def _flags(path: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT tenant, grp, entity, type, position FROM entity_flags ORDER BY 1, 2, 3").fetchall()
+    finally:
+        conn.close()
+
+
+def _derived_flags(path: Path) -> list[tuple[Any, ...]]:
+    """entity_flags computed here from the events alone: per (tenant, group, entity) the newest member event, if
+    it is one of the group's flags."""
+    conn = sqlite3.connect(path)
+    try:
+        newest: dict[tuple[str, str, str], tuple[str, int]] = {}
+        for position, tenant, entity, type_ in conn.execute("SELECT position, tenant, entity, type FROM events"):
+            for group in FLAG_GROUPS:
+                key = (tenant, group.name, entity)
+                if type_ in group.members and position > newest.get(key, ("", 0))[1]:
+                    newest[key] = (type_, position)
+    finally:
+        conn.close()
+    groups = {g.name: g for g in FLAG_GROUPS}
+    return sorted((*key, t, p) for key, (t, p) in newest.items() if t in groups[key[1]].flags)
+
+
+@pytest.mark.anyio
+async def test_flags_kept_by_append_equal_flags_rebuilt_from_the_log(tmp_path: Path) -> None:
+    """entity_flags, kept in each append's transaction, equals the flags derived from the events (duplicates, several
+    events of one entity in one append), and rebuild_heads finds nothing wrong in it."""
+    path = tmp_path / "e.db"
+    rng = random.Random(8)
+    async with await SqliteEventLog.open(path) as log:
+        for batch in range(20):
+            await log.append(flagging_history(rng, 40, batch * 40))
+            assert _flags(path) == _derived_flags(path)
+        assert (await log.append(flagging_history(random.Random(8), 40, 0))).skipped > 0
+        maintained = _flags(path)
+        assert maintained == _derived_flags(path)
+        assert {row[1] for row in maintained} == {g.name for g in FLAG_GROUPS}  # every group has flags
+        rebuilt = await log.rebuild_heads()
+        assert (rebuilt.flags, rebuilt.wrong) == (len(maintained), 0)
+        assert _flags(path) == maintained
+
+
+@pytest.mark.anyio
+async def test_rebuild_heads_repairs_damaged_flags_and_counts_them(tmp_path: Path) -> None:
+    """Flags lost, stale or invented are found and put right by rebuild_heads, and counted as wrong."""
+    path = tmp_path / "e.db"
+    async with await SqliteEventLog.open(path) as log:
+        await log.append(flagging_history(random.Random(3), 300, 0))
+        good = _flags(path)
+        assert len(good) >= 3
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("DELETE FROM entity_flags WHERE tenant = ? AND grp = ? AND entity = ?", good[0][:3])
+        conn.execute("UPDATE entity_flags SET position = 1 WHERE tenant = ? AND grp = ? AND entity = ?", good[1][:3])
+        conn.execute("INSERT INTO entity_flags VALUES ('ghost', 'marks', 'order:0', 'command.failed', 1)")
+        conn.close()
+        rebuilt = await log.rebuild_heads()
+        assert rebuilt.wrong == 3
+        assert _flags(path) == good
+
+
+@pytest.mark.anyio
+async def test_migration_to_v4_builds_flags_from_an_existing_log(tmp_path: Path) -> None:
+    """A v3 file with history gets its entity_flags from its heads when opened, and keeps them from then on."""
+    path = tmp_path / "old.db"
+    async with await SqliteEventLog.open(tmp_path / "scratch.db") as scratch:
+        await scratch.append(flagging_history(random.Random(6), 300, 0))
+    source = sqlite3.connect(tmp_path / "scratch.db")
+    rows = source.execute(f"SELECT {_COLUMNS} FROM events ORDER BY position").fetchall()
+    source.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    for script in MIGRATIONS[:3]:
+        for statement in _split(script):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 3")
+    conn.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 10)})", rows)
+    conn.close()
+    async with await SqliteEventLog.open(path) as log:
+        assert _flags(path) == _derived_flags(path)
+        assert len(_flags(path)) > 5
+        await log.append(flagging_history(random.Random(7), 100, 1000))
+        assert _flags(path) == _derived_flags(path)
+
+
+@pytest.mark.anyio
+async def test_flag_groups_in_the_database_are_the_code_s(tmp_path: Path) -> None:
+    """The migration's flag_groups rows are exactly FLAG_GROUPS (the code picks the group, the trigger uses rows)."""
+    path = tmp_path / "e.db"
+    async with await SqliteEventLog.open(path):
+        pass
+    conn = sqlite3.connect(path)
+    try:
+        rows = set(conn.execute("SELECT grp, type, flag FROM flag_groups"))
+    finally:
+        conn.close()
+    assert rows == {(g.name, t, int(t in g.flags)) for g in FLAG_GROUPS for t in g.members}
+
+
 # ---------------------------------------------------------------------------------------------- query plans
 
 SENDER_TYPES = (*COMMANDS, *OUTCOME_TYPES)
@@ -163,6 +267,17 @@ def _per_cycle_queries() -> dict[str, tuple[str, list[Any]]]:
         "sender: flagged entities": entities_sql(
             (CommandFailed.TYPE, EntityRedriven.TYPE), tenant=tenant, newest_of=MARK_TYPES
         ),
+        "sender: standing flagged entities": entities_sql(
+            (CommandFailed.TYPE, EntityRedriven.TYPE), tenant=tenant, newest_of=STANDING_TYPES
+        ),
+        "problems: quarantined": entities_sql([CommandFailed.TYPE], tenant=tenant, newest_of=STANDING_TYPES),
+        "problems: mapping failures": entities_sql(
+            [MappingFailed.TYPE], tenant=tenant, newest_of=(*OBSERVED_TYPES, MappingFailed.TYPE)
+        ),
+        "problems: rejections": entities_sql(
+            [ObservationRejected.TYPE], tenant=tenant, newest_of=(*OBSERVED_TYPES, ObservationRejected.TYPE)
+        ),
+        "projector: who holds these order numbers": order_numbers_sql(tenant, ["1001", "1002"]),
         "checkpoint": ("SELECT position FROM checkpoints WHERE stage = ? AND tenant = ?", ["projector", tenant]),
         "cursor": ("SELECT value FROM cursors WHERE poller = ? AND tenant = ?", ["poweroffice.products", tenant]),
         "head": ("SELECT coalesce(max(position), 0) FROM events", []),
@@ -184,11 +299,18 @@ async def test_per_cycle_queries_search_indexes_and_never_scan_history(tmp_path:
                 assert not step.startswith("SCAN"), (name, plan)
                 if "LIMIT" in sql:  # a page of a read merges index ranges: no sort of everything after the checkpoint
                     assert "TEMP B-TREE" not in step, (name, plan)
+                if name.startswith("projector: who holds"):  # a range of the partial index per number, then heads
+                    assert plan[0] == "SEARCH e USING INDEX events_by_order_number (tenant=? AND <expr>=?)", plan
+                    assert plan[2] == "SEARCH h USING PRIMARY KEY (tenant=? AND type=? AND entity=?)", plan
+                    continue
                 if step.startswith("SEARCH events USING INDEX"):
                     # Reading one tenant's new events walks (tenant, type, position) ranges, never all its rows.
                     assert "events_by_tenant_type (tenant=? AND type=? AND rowid>?" in step, (name, plan)
                 if step.startswith("SEARCH entity_heads"):
                     assert "(tenant=? AND type=?" in step, (name, plan)
+                if "newest_of" in name or name.startswith(("problems", "sender: flagged", "sender: standing")):
+                    # The entities flagged now: a range of the flags table, never the heads of all that failed once.
+                    assert plan == ["SEARCH entity_flags USING PRIMARY KEY (tenant=? AND grp=?)"], (name, plan)
             assert any(step.startswith("SEARCH") for step in plan) or "max(position)" in sql, (name, plan)
     finally:
         conn.close()
@@ -235,6 +357,51 @@ async def test_cycle_reads_cost_the_same_on_a_long_history(tmp_path: Path) -> No
         finally:
             conn.close()
     assert short > 0
+    assert long <= short * 1.3 + 5, (short, long)
+
+
+def _failed_once(start: int, n: int) -> list[NewEvent]:
+    """`n` new orders, each failed once (transiently) and then delivered: history every tenant piles up."""
+    out = []
+    for i in range(start, start + n):
+        entity = f"order:{i}"
+        out += [
+            NewEvent("t1", entity, OrderUpsertRequested({"orderNumber": str(i)}, str(i), []), f"o/{i}/cmd"),
+            NewEvent("t1", entity, CommandFailed(i, 503, "later", 3, False), f"o/{i}/failed"),
+            NewEvent("t1", entity, CommandSucceeded(i, {}, 1), f"o/{i}/ok"),
+            NewEvent("t1", f"product:{i}", ProductObserved({"Id": i}), f"p/{i}"),
+            NewEvent("t1", f"product:{i}", MappingFailed(i, "Code", "conflict"), f"p/{i}/mapfail"),
+            NewEvent("t1", f"product:{i}", ProductObserved({"Id": i, "v": 2}), f"p/{i}/again"),
+        ]
+    return out
+
+
+@pytest.mark.anyio
+async def test_flagged_entities_cost_what_is_flagged_now_not_what_failed_once(tmp_path: Path) -> None:
+    """Entities that failed once and were delivered since (every order does now and then: orders are entities
+    forever) cost the per-cycle "which entities fail now" reads nothing: 40× more of them, the same work."""
+    path = tmp_path / "e.db"
+    queries = {k: v for k, v in _per_cycle_queries().items() if k.startswith(("problems", "sender: flagged"))}
+    assert len(queries) == 4
+
+    def work(conn: sqlite3.Connection) -> int:
+        with _count_steps(conn) as steps:
+            for sql, params in queries.values():
+                conn.execute(sql, params).fetchall()
+            return steps()
+
+    async with await SqliteEventLog.open(path) as log:
+        quarantined = NewEvent("t1", "order:x", CommandFailed(1, 400, "no", 1, True), "x")
+        await log.append([*_failed_once(0, 50), quarantined])
+        conn = sqlite3.connect(path)
+        try:
+            short = work(conn)
+            for batch in range(1, 40):
+                await log.append(_failed_once(batch * 50, 50))
+            long = work(conn)
+        finally:
+            conn.close()
+        assert await log.entities([CommandFailed.TYPE], tenant="t1", newest_of=STANDING_TYPES) == {"order:x"}
     assert long <= short * 1.3 + 5, (short, long)
 
 

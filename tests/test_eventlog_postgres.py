@@ -129,6 +129,36 @@ async def test_rebuild_heads_repairs_and_counts(schema: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_flags_kept_by_append_equal_flags_rebuilt_and_repaired(schema: str) -> None:
+    """entity_flags, kept by the statement trigger (several events of one entity in one append), equals the table
+    rebuilt from the log; damaged rows are put right by rebuild_heads and counted."""
+    import random
+
+    from tests.eventlog_contract import flagging_history
+
+    async with await open_pg(schema=schema) as log:
+        rng = random.Random(8)
+        for batch in range(10):
+            await log.append(flagging_history(rng, 40, batch * 40))
+        conn = await connect(schema)
+        try:
+            query = "SELECT tenant, grp, entity, type, position FROM entity_flags ORDER BY 1, 2, 3"
+            maintained = [tuple(r) for r in await conn.fetch(query)]
+            assert len(maintained) >= 3
+            done = await log.rebuild_heads()
+            assert (done.flags, done.wrong) == (len(maintained), 0)
+            assert [tuple(r) for r in await conn.fetch(query)] == maintained
+            key = "(tenant, grp, entity) = ($1, $2, $3)"
+            await conn.execute(f"DELETE FROM entity_flags WHERE {key}", *maintained[0][:3])
+            await conn.execute(f"UPDATE entity_flags SET position = 1 WHERE {key}", *maintained[1][:3])
+            await conn.execute("INSERT INTO entity_flags VALUES ('ghost', 'marks', 'order:0', 'command.failed', 1)")
+            assert (await log.rebuild_heads()).wrong == 3
+            assert [tuple(r) for r in await conn.fetch(query)] == maintained
+        finally:
+            await conn.close()
+
+
+@pytest.mark.anyio
 async def test_failed_append_writes_nothing(schema: str) -> None:
     """An unencodable event, or a failing statement, leaves events, cursors and checkpoints as they were."""
     async with await open_pg(schema=schema) as log:
@@ -530,3 +560,30 @@ async def runtime_entities(database: str, tenant: str) -> list[str]:
             await log.entities([ev.CommandSucceeded.TYPE], tenant=tenant)
             & {e for e in await log.entities([ev.ArticleUpsertRequested.TYPE], tenant=tenant)}
         )
+
+
+async def test_order_number_holders_are_found_by_index_not_by_walking_the_orders(schema: str) -> None:
+    """Who holds an order number is a range of the partial index on the order commands' number (then one head per
+    hit), not a walk of every order command the tenant has; the flagged entities are a range of entity_flags."""
+    from pipeline.events import CommandFailed, OrderUpsertRequested
+
+    async with await open_pg(schema=schema) as log:
+        events = []
+        for i in range(3000):
+            body = {"orderNumber": str(i)}
+            events.append(NewEvent(f"t{i % 3}", f"order:{i}", OrderUpsertRequested(body, str(i), []), f"o{i}"))
+            events.append(NewEvent(f"t{i % 3}", f"order:{i}", CommandFailed(i, 400, "no", 1, True), f"f{i}"))
+        await log.append(events)
+        assert [e.entity for e in await log.order_commands_numbered("t1", ["1", "4", "5"])] == ["order:1", "order:4"]
+        conn = await connect(schema)
+        try:
+            await conn.execute("ANALYZE")
+            from pipeline.eventlog.postgres import ORDER_NUMBERS_SQL
+
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {ORDER_NUMBERS_SQL}", "t1", ["1", "4"]))
+            assert "events_by_order_number" in plan, plan
+            flagged = "EXPLAIN SELECT entity FROM entity_flags WHERE tenant = $1 AND grp = $2 AND type = ANY($3)"
+            plan = "\n".join(r[0] for r in await conn.fetch(flagged, "t1", "standing", ["command.failed"]))
+            assert "entity_flags_pkey" in plan, plan
+        finally:
+            await conn.close()

@@ -473,3 +473,108 @@ async def test_rule14_stock_is_not_zeroed_before_the_warehouse_held_the_article(
     ]
     assert len(reasons) == len(observations) - len(patches)
     assert all("not held" in r for r in reasons)
+
+
+class _CountingLog:
+    """The log, counting the events its reads hand out (what projecting had to load)."""
+
+    def __init__(self, inner: SqliteEventLog) -> None:
+        self.inner = inner
+        self.loaded = 0
+
+    async def latest(self, types: Any, **query: Any) -> dict[tuple[str, str], StoredEvent]:
+        found = await self.inner.latest(types, **query)
+        self.loaded += len(found)
+        return found
+
+    async def order_commands_numbered(self, tenant: str, numbers: Any) -> list[StoredEvent]:
+        found = await self.inner.order_commands_numbered(tenant, numbers)
+        self.loaded += len(found)
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.anyio
+async def test_a_changing_cycle_loads_the_orders_its_invoices_need_not_every_order(log: SqliteEventLog) -> None:
+    """Orders are entities forever. Projecting new observations loads the orders of the invoices observed and the
+    holders of the numbers they would take, not every order of the tenant; numbering and dedupe stay as before:
+    an order number held by an old order is still taken (renumbered), an unchanged invoice still makes nothing."""
+    products = fixture("poweroffice/products.json")
+    await log.append([product_event(p) for p in products])
+    history = [
+        NewEvent(
+            "acme",
+            f"order:old-{i}",
+            OrderUpsertRequested({"orderNumber": str(90000 + i), "orderLines": []}, f"old-{i}", []),
+            f"acme/old/{i}",
+        )
+        for i in range(400)
+    ]
+    holder = OrderUpsertRequested({"orderNumber": "6065", "orderLines": []}, "holder", [])
+    history.insert(7, NewEvent("acme", "order:holder", holder, "acme/holder"))
+    await log.append(history)
+    await project(log, TENANT)  # the products
+    counting = _CountingLog(log)
+    await log.append([invoice_event(PAID)])
+    result = await project(counting, TENANT)  # type: ignore[arg-type]
+    assert result.commands == 1
+    assert counting.loaded < 50, counting.loaded  # the catalogue and the holder, not 401 orders
+    made = (await log.latest([OrderUpsertRequested.TYPE], tenant="acme", entity=f"order:{PAID}")).popitem()[1]
+    assert isinstance(made.event, OrderUpsertRequested)
+    assert made.event.renumbered_from == "6065"  # held by an order from long ago, found by its number
+    assert made.event.body["orderNumber"] == "6065-15798"
+    # Observed again unchanged (a new key): its last command is loaded, equal, so nothing is appended.
+    again = invoice_event(PAID)
+    await log.append([again._replace(dedupe_key="acme/again")])
+    before = await log.max_position()
+    assert (await project(counting, TENANT)).unchanged == 1
+    assert await log.max_position() == before  # the checkpoint moved, no command appended
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_orders_loaded_on_demand_number_as_every_order_loaded_would(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invoices sharing order numbers, re-observed, over several runs in small batches: the commands made with the
+    orders loaded per batch are exactly those made with every order loaded."""
+    import random
+
+    rng = random.Random(seed)
+    runs: list[list[NewEvent]] = []
+    ids = [f"inv-{i}" for i in range(12)]
+    for run in range(6):
+        picked = [rng.choice(ids) for _ in range(5)]
+        runs.append(
+            [
+                invoice_event(PAID, Id=i, InvoiceNo=100 + ids.index(i), OrderNo=rng.choice([1, 2, 3, None]))._replace(
+                    dedupe_key=f"acme/{run}/{n}"
+                )
+                for n, i in enumerate(picked)
+            ]
+        )
+
+    async def made(path: Path) -> list[tuple[str, Any, Any]]:
+        async with await SqliteEventLog.open(path, clock=StepClock()) as log:
+            await log.append([product_event(p) for p in fixture("poweroffice/products.json")])
+            for events in runs:
+                await log.append(events)
+                await project(log, TENANT, batch_size=2)
+            return [
+                (e.entity, e.event.body["orderNumber"], e.event.renumbered_from)
+                async for e in log.read(types=[OrderUpsertRequested.TYPE])
+                if isinstance(e.event, OrderUpsertRequested)
+            ]
+
+    on_demand = await made(tmp_path / "a.db")
+    full = Projection.load.__func__  # type: ignore[attr-defined]
+
+    async def load_all(cls: type[Projection], log_: Any, tenant: TenantSettings, **_: Any) -> Projection:
+        return await full(cls, log_, tenant, all_orders=True)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Projection, "load", classmethod(load_all))
+    assert len(on_demand) > 10
+    assert any(r for _, _, r in on_demand)  # some were renumbered
+    assert on_demand == await made(tmp_path / "b.db")

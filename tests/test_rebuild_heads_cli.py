@@ -50,7 +50,7 @@ def test_audit_rebuild_heads_repairs_the_table_and_reports(tmp_path: Path, capsy
     assert main(["--config", str(config), "audit", "rebuild-heads"]) == 0
     assert "5 rows, 1 were wrong or missing" in capsys.readouterr().out  # five entities, one head lost
     assert main(["--config", str(config), "audit", "--json", "rebuild-heads"]) == 0
-    assert orjson.loads(capsys.readouterr().out) == {"heads": 5, "wrong": 0}
+    assert orjson.loads(capsys.readouterr().out) == {"heads": 5, "wrong": 0, "flags": 0}
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("SELECT position FROM entity_heads WHERE entity = 'product:1'").fetchone() == (6,)

@@ -6,7 +6,8 @@ Guarantees every implementation gives (and `tests/eventlog_contract.py` checks):
 - an event whose dedupe key is already stored is skipped (counted in `AppendResult.skipped`), not an error;
 - `read` streams in position order in bounded batches (constant memory however long the log is);
 - `latest`, `entities` and a `read` of one tenant's types after a checkpoint cost what they answer, not the
-  length of the log: a cycle over unchanged data costs the same on a day's log as on a year's.
+  length of the log: a cycle over unchanged data costs the same on a day's log as on a year's. `entities` with a
+  `newest_of` that is one of `FLAG_GROUPS` costs the entities flagged now, not every entity flagged once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
-from pipeline.events import Event
+from pipeline.events import (
+    OBSERVED_TYPES,
+    OUTCOME_TYPES,
+    CommandFailed,
+    CommandSucceeded,
+    EntityRedriven,
+    Event,
+    MappingFailed,
+    ObservationRejected,
+)
 
 
 class NewEvent(NamedTuple):
@@ -44,6 +54,50 @@ class StoredEvent(NamedTuple):
     causation: int | None
     mapping_version: int | None
     dedupe_key: str
+
+
+class FlagGroup(NamedTuple):
+    """Types whose newest one per entity the log keeps at hand while it is one of `flags`.
+
+    The stores keep a small derived table (`entity_flags`: tenant, group, entity -> type, position) in the append's
+    transaction: a row while the entity's newest event of `members` is of `flags`, none otherwise. So "the entities
+    whose newest outcome is a failure" is an index range of the entities failing now, however many failed once.
+    """
+
+    name: str
+    members: frozenset[str]
+    flags: frozenset[str]
+
+
+# The groups the stages ask about (the stores' migrations write the same rows into `flag_groups`; a test keeps
+# them equal). A new group needs a migration that adds its rows and rebuilds `entity_flags`.
+FLAG_GROUPS: tuple[FlagGroup, ...] = (
+    # the sender's marks: the newest outcome or re-drive is a failure or a re-drive
+    FlagGroup(
+        "marks",
+        frozenset((*OUTCOME_TYPES, EntityRedriven.TYPE)),
+        frozenset((CommandFailed.TYPE, EntityRedriven.TYPE)),
+    ),
+    # quarantine: the newest success, failure or re-drive is a failure or a re-drive
+    FlagGroup(
+        "standing",
+        frozenset((CommandSucceeded.TYPE, CommandFailed.TYPE, EntityRedriven.TYPE)),
+        frozenset((CommandFailed.TYPE, EntityRedriven.TYPE)),
+    ),
+    # a record that could not be mapped, and not observed since
+    FlagGroup("mapped", frozenset((*OBSERVED_TYPES, MappingFailed.TYPE)), frozenset((MappingFailed.TYPE,))),
+    # a record that could not be read, and not observed since
+    FlagGroup("read", frozenset((*OBSERVED_TYPES, ObservationRejected.TYPE)), frozenset((ObservationRejected.TYPE,))),
+)
+
+
+def flag_group(types: Collection[str], newest_of: Collection[str]) -> str | None:
+    """The group that answers `entities(types, newest_of=newest_of)` from `entity_flags`, or None."""
+    wanted, among = set(types), set(newest_of)
+    for group in FLAG_GROUPS:
+        if among == group.members and wanted <= group.flags:
+            return group.name
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +159,12 @@ class EventLog(Protocol):
     ) -> set[str]:
         """The tenant's entities that have an event of `types` (without reading their events); with `newest_of`,
         only those whose newest event of any of the `newest_of` types is of `types`."""
+        ...
+
+    async def order_commands_numbered(self, tenant: str, numbers: Collection[str]) -> list[StoredEvent]:
+        """The newest `order.upsert_requested` of each of the tenant's order entities whose newest one has one of
+        `numbers` as `body.orderNumber`, in position order (who holds an order number, without reading every
+        order the tenant ever had). Costs the commands that carry those numbers."""
         ...
 
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:

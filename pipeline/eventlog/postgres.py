@@ -11,7 +11,8 @@ Same contract as the SQLite log (`tests/eventlog_contract.py`), with the databas
 - Duplicate dedupe keys are skipped (an existing key, or a repeat inside one append) and counted; the unique key
   with `ON CONFLICT DO NOTHING` stays as the database's own guard.
 - `entity_heads` (the newest position per tenant, type and entity) is kept by a statement trigger in the append's
-  own transaction, so `latest()` and `entities()` cost what they answer.
+  own transaction, so `latest()` and `entities()` cost what they answer; `entity_flags` (the entities whose newest
+  outcome, say, is a failure now) likewise.
 - Schema versions live in `pipeline_schema`; `MIGRATIONS[i]` takes a database from version i to i + 1 under an
   advisory lock, so two processes opening a new database at once migrate it once. A newer schema is refused.
 - `query()` (audit SQL) runs in a read-only transaction with a statement timeout.
@@ -31,7 +32,7 @@ import anyio
 import orjson
 
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
-from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent
+from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent, flag_group
 from pipeline.eventlog.paging import read_ahead
 from pipeline.eventlog.sqlite import HeadsRebuilt
 from pipeline.events import ROW_META, Event, decode_dict, encode, event_class
@@ -108,8 +109,76 @@ CREATE TRIGGER events_keep_heads AFTER INSERT ON events
 CREATE INDEX events_by_tenant_type ON events (tenant, type, position);
 """
 
+# v4: `entity_flags` (as in the SQLite log; the groups are `FLAG_GROUPS` in base.py): per (tenant, group, entity) a
+# row while the entity's newest event of the group's types is a flag type, so "entities whose newest outcome is a
+# failure" costs the entities failing now. One statement trigger per append folds the newest inserted member per
+# (tenant, group, entity) into it, in the append's transaction. Also `events_by_order_number` (partial: order
+# commands only), so the projector finds who holds an order number without loading every order.
+_V4 = """
+CREATE TABLE flag_groups (
+    grp  text    NOT NULL,
+    type text    NOT NULL,
+    flag boolean NOT NULL,
+    PRIMARY KEY (type, grp)
+);
+INSERT INTO flag_groups (grp, type, flag) VALUES
+    ('marks', 'command.succeeded', false), ('marks', 'command.failed', true), ('marks', 'command.skipped', false),
+    ('marks', 'entity.redriven', true),
+    ('standing', 'command.succeeded', false), ('standing', 'command.failed', true),
+    ('standing', 'entity.redriven', true),
+    ('mapped', 'product.observed', false), ('mapped', 'invoice.observed', false), ('mapped', 'stock.observed', false),
+    ('mapped', 'mapping.failed', true),
+    ('read', 'product.observed', false), ('read', 'invoice.observed', false), ('read', 'stock.observed', false),
+    ('read', 'observation.rejected', true);
+CREATE TABLE entity_flags (
+    tenant   text   NOT NULL,
+    grp      text   NOT NULL,
+    entity   text   NOT NULL,
+    type     text   NOT NULL,
+    position bigint NOT NULL,
+    PRIMARY KEY (tenant, grp, entity)
+);
+INSERT INTO entity_flags (tenant, grp, entity, type, position)
+    SELECT n.tenant, n.grp, n.entity, e.type, n.position
+    FROM (SELECT h.tenant, g.grp, h.entity, max(h.position) AS position
+          FROM entity_heads h JOIN flag_groups g ON g.type = h.type GROUP BY h.tenant, g.grp, h.entity) n
+    JOIN events e ON e.position = n.position
+    JOIN flag_groups f ON f.grp = n.grp AND f.type = e.type
+    WHERE f.flag;
+CREATE INDEX events_by_order_number ON events (tenant, (payload -> 'body' ->> 'orderNumber'))
+    WHERE type = 'order.upsert_requested';
+CREATE FUNCTION events_keep_flags() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    WITH newest AS (
+        SELECT DISTINCT ON (i.tenant, g.grp, i.entity) i.tenant, g.grp, i.entity, i.type, i.position, g.flag
+        FROM inserted i JOIN flag_groups g ON g.type = i.type
+        ORDER BY i.tenant, g.grp, i.entity, i.position DESC
+    ), cleared AS (
+        DELETE FROM entity_flags f USING newest n
+        WHERE NOT n.flag AND f.tenant = n.tenant AND f.grp = n.grp AND f.entity = n.entity AND f.position < n.position
+    )
+    INSERT INTO entity_flags (tenant, grp, entity, type, position)
+        SELECT tenant, grp, entity, type, position FROM newest WHERE flag
+    ON CONFLICT (tenant, grp, entity) DO UPDATE SET type = excluded.type, position = excluded.position
+        WHERE excluded.position > entity_flags.position;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER events_keep_flags AFTER INSERT ON events
+    REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION events_keep_flags();
+"""
+
+# `entity_flags` as derived from `entity_heads` (so from `events`), as the migration builds it.
+_DERIVED_FLAGS = (
+    "SELECT n.tenant, n.grp, n.entity, e.type, n.position"
+    " FROM (SELECT h.tenant, g.grp, h.entity, max(h.position) AS position"
+    " FROM entity_heads h JOIN flag_groups g ON g.type = h.type GROUP BY h.tenant, g.grp, h.entity) n"
+    " JOIN events e ON e.position = n.position"
+    " JOIN flag_groups f ON f.grp = n.grp AND f.type = e.type"
+    " WHERE f.flag"
+)
+
 # MIGRATIONS[i] brings a database from version i to i + 1. Append new entries; never edit old ones.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -156,6 +225,16 @@ SELECT *, $4 FROM unnest($1::text[], $2::text[], $3::bigint[])
 ON CONFLICT (stage, tenant) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
 """
 COLUMNS = "position, recorded_at, tenant, entity, type, schema_version, payload, causation, mapping_version, dedupe_key"
+
+
+# `order_commands_numbered`: a range of the partial index `events_by_order_number`, each hit kept if it is its
+# entity's head.
+ORDER_NUMBERS_SQL = (
+    f"SELECT {COLUMNS} FROM events e WHERE e.type = 'order.upsert_requested' AND e.tenant = $1"
+    " AND (e.payload -> 'body' ->> 'orderNumber') = ANY($2::text[])"
+    " AND e.position = (SELECT h.position FROM entity_heads h WHERE h.tenant = e.tenant"
+    " AND h.type = 'order.upsert_requested' AND h.entity = e.entity) ORDER BY e.position"
+)
 
 
 def utc_now() -> datetime:
@@ -386,7 +465,8 @@ class PostgresEventLog:
             raise
 
     async def rebuild_heads(self) -> HeadsRebuilt:
-        """Rebuild `entity_heads` from `events` in one transaction; say how many rows were wrong or missing."""
+        """Rebuild `entity_heads` (and `entity_flags` from it) from `events` in one transaction; say how many rows
+        were wrong or missing."""
         derived = "SELECT tenant, type, entity, max(position) FROM events GROUP BY tenant, type, entity"
         kept = "SELECT tenant, type, entity, position FROM entity_heads"
         try:
@@ -399,11 +479,20 @@ class PostgresEventLog:
                 await conn.execute("DELETE FROM entity_heads")
                 await conn.execute(f"INSERT INTO entity_heads (tenant, type, entity, position) {derived}")
                 heads = await conn.fetchval("SELECT count(*) FROM entity_heads")
+                # The flags follow from the heads just rebuilt.
+                kept = "SELECT tenant, grp, entity, type, position FROM entity_flags"
+                wrong += await conn.fetchval(
+                    f"SELECT count(*) FROM (SELECT tenant, grp, entity FROM ({_DERIVED_FLAGS} EXCEPT {kept}) a UNION"
+                    f" SELECT tenant, grp, entity FROM ({kept} EXCEPT {_DERIVED_FLAGS}) b) c"
+                )
+                await conn.execute("DELETE FROM entity_flags")
+                await conn.execute(f"INSERT INTO entity_flags (tenant, grp, entity, type, position) {_DERIVED_FLAGS}")
+                flags = await conn.fetchval("SELECT count(*) FROM entity_flags")
         except Exception as exc:
             if _is_store_error(exc):
                 raise StoreError(f"rebuilding entity_heads in {self.path} failed: {exc}") from exc
             raise
-        return HeadsRebuilt(int(heads), int(wrong))
+        return HeadsRebuilt(int(heads), int(wrong), int(flags))
 
     # ------------------------------------------------------------------------------------------------ reading
 
@@ -476,10 +565,18 @@ class PostgresEventLog:
     async def entities(
         self, types: Collection[str], *, tenant: str, newest_of: Collection[str] | None = None
     ) -> set[str]:
-        """The tenant's entities that have an event of `types` (from `entity_heads`: no history scan)."""
+        """The tenant's entities that have an event of `types` (from `entity_heads`: no history scan); for a
+        `newest_of` of `FLAG_GROUPS`, the entities flagged now (from `entity_flags`)."""
         if not types:
             return set()
         p = _Params()
+        group = flag_group(types, newest_of) if newest_of is not None else None
+        if group is not None:
+            sql = (
+                f"SELECT entity FROM entity_flags WHERE tenant = {p(tenant)} AND grp = {p(group)}"
+                f" AND type = ANY({p(list(types))})"
+            )
+            return {str(row[0]) for row in await self._fetch(sql, p.values)}
         sql = f"SELECT DISTINCT entity FROM entity_heads h WHERE tenant = {p(tenant)} AND type = ANY({p(list(types))})"
         if newest_of is not None:
             sql += (
@@ -487,6 +584,12 @@ class PostgresEventLog:
                 f" AND type = ANY({p(list(newest_of))}) AND entity = h.entity)"
             )
         return {str(row[0]) for row in await self._fetch(sql, p.values)}
+
+    async def order_commands_numbered(self, tenant: str, numbers: Collection[str]) -> list[StoredEvent]:
+        """The newest order command of each order entity whose newest one carries one of `numbers`."""
+        if not numbers:
+            return []
+        return rows_to_events(await self._fetch(ORDER_NUMBERS_SQL, [tenant, sorted(set(numbers))]))
 
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:
         if not positions:

@@ -34,7 +34,7 @@ import anyio
 import orjson
 
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
-from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent
+from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent, flag_group
 from pipeline.eventlog.paging import read_ahead
 from pipeline.events import ROW_META, Event, decode_dict, encode, event_class
 
@@ -111,13 +111,76 @@ END;
 CREATE INDEX events_by_tenant_type ON events (tenant, type);
 """
 
+# v4: "the entities whose newest outcome is a failure" (and whose newest observation-or-mapping-failure is a failure,
+# and so on: `FLAG_GROUPS` in base.py) costs the entities flagged now, not every entity that ever failed (orders
+# are entities forever, so those grow with history). `entity_flags` is derived data like `entity_heads`: a trigger
+# keeps it in the append's transaction, a row per (tenant, group, entity) while the entity's newest event of the
+# group's types is one of the group's flag types; it is rebuilt from the heads by this migration and by
+# `rebuild_heads`.
+_V4 = """
+CREATE TABLE flag_groups (
+    grp  TEXT    NOT NULL,
+    type TEXT    NOT NULL,
+    flag INTEGER NOT NULL,
+    PRIMARY KEY (type, grp)
+) WITHOUT ROWID;
+INSERT INTO flag_groups (grp, type, flag) VALUES
+    ('marks', 'command.succeeded', 0), ('marks', 'command.failed', 1), ('marks', 'command.skipped', 0),
+    ('marks', 'entity.redriven', 1),
+    ('standing', 'command.succeeded', 0), ('standing', 'command.failed', 1), ('standing', 'entity.redriven', 1),
+    ('mapped', 'product.observed', 0), ('mapped', 'invoice.observed', 0), ('mapped', 'stock.observed', 0),
+    ('mapped', 'mapping.failed', 1),
+    ('read', 'product.observed', 0), ('read', 'invoice.observed', 0), ('read', 'stock.observed', 0),
+    ('read', 'observation.rejected', 1);
+CREATE TABLE entity_flags (
+    tenant   TEXT    NOT NULL,
+    grp      TEXT    NOT NULL,
+    entity   TEXT    NOT NULL,
+    type     TEXT    NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (tenant, grp, entity)
+) WITHOUT ROWID;
+INSERT INTO entity_flags (tenant, grp, entity, type, position)
+    SELECT n.tenant, n.grp, n.entity, e.type, n.position
+    FROM (SELECT h.tenant, g.grp, h.entity, max(h.position) AS position
+          FROM entity_heads h JOIN flag_groups g ON g.type = h.type GROUP BY h.tenant, g.grp, h.entity) n
+    JOIN events e ON e.position = n.position
+    JOIN flag_groups f ON f.grp = n.grp AND f.type = e.type
+    WHERE f.flag;
+CREATE INDEX events_by_order_number ON events (tenant, json_extract(payload, '$.body.orderNumber'))
+    WHERE type = 'order.upsert_requested';
+CREATE TRIGGER events_keep_flags AFTER INSERT ON events
+BEGIN
+    DELETE FROM entity_flags WHERE tenant = NEW.tenant AND entity = NEW.entity AND position < NEW.position
+        AND grp IN (SELECT grp FROM flag_groups WHERE type = NEW.type AND NOT flag);
+    INSERT INTO entity_flags (tenant, grp, entity, type, position)
+        SELECT NEW.tenant, grp, NEW.entity, NEW.type, NEW.position FROM flag_groups WHERE type = NEW.type AND flag
+    ON CONFLICT (tenant, grp, entity) DO UPDATE SET type = excluded.type, position = excluded.position
+        WHERE excluded.position > entity_flags.position;
+END;
+"""
+
+# (v4 also: `events_by_order_number`, so the projector finds who holds an order number without loading every order
+# of the tenant: a partial index over the order commands only.)
+
+# `entity_flags` as derived from `entity_heads` (so from `events`): per (tenant, group, entity) the newest member
+# event, kept when it is a flag.
+_DERIVED_FLAGS = (
+    "SELECT n.tenant, n.grp, n.entity, e.type, n.position"
+    " FROM (SELECT h.tenant, g.grp, h.entity, max(h.position) AS position"
+    " FROM entity_heads h JOIN flag_groups g ON g.type = h.type GROUP BY h.tenant, g.grp, h.entity) n"
+    " JOIN events e ON e.position = n.position"
+    " JOIN flag_groups f ON f.grp = n.grp AND f.type = e.type"
+    " WHERE f.flag"
+)
+
 _REBUILD_HEADS = (
     "INSERT INTO entity_heads (tenant, type, entity, position)"
     " SELECT tenant, type, entity, max(position) FROM events GROUP BY tenant, type, entity"
 )
 
 # MIGRATIONS[i] brings a database from user_version i to i + 1. Append new entries; never edit old ones.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Bytes the `-wal` file is truncated to after a checkpoint (see `SqliteEventLog.open`).
@@ -408,7 +471,8 @@ def _in_transaction(conn: sqlite3.Connection, jobs: list[_Job]) -> list[AppendRe
 @dataclass(frozen=True, slots=True)
 class HeadsRebuilt:
     heads: int  # rows in entity_heads after the rebuild
-    wrong: int  # rows that were missing, stale or extra before it (0 when the trigger kept it right)
+    wrong: int  # rows of entity_heads and entity_flags that were missing, stale or extra (0: the triggers kept them)
+    flags: int = 0  # rows in entity_flags after the rebuild
 
 
 def _rebuild_heads_tx(conn: sqlite3.Connection) -> HeadsRebuilt:
@@ -423,12 +487,21 @@ def _rebuild_heads_tx(conn: sqlite3.Connection) -> HeadsRebuilt:
         conn.execute("DELETE FROM entity_heads")
         conn.execute(_REBUILD_HEADS)
         (heads,) = conn.execute("SELECT count(*) FROM entity_heads").fetchone()
+        # The flags follow from the heads just rebuilt.
+        kept = "SELECT tenant, grp, entity, type, position FROM entity_flags"
+        (wrong_flags,) = conn.execute(
+            f"SELECT count(*) FROM (SELECT tenant, grp, entity FROM ({_DERIVED_FLAGS} EXCEPT {kept}) UNION"
+            f" SELECT tenant, grp, entity FROM ({kept} EXCEPT {_DERIVED_FLAGS}))"
+        ).fetchone()
+        conn.execute("DELETE FROM entity_flags")
+        conn.execute(f"INSERT INTO entity_flags (tenant, grp, entity, type, position) {_DERIVED_FLAGS}")
+        (flags,) = conn.execute("SELECT count(*) FROM entity_flags").fetchone()
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return HeadsRebuilt(int(heads), int(wrong))
+    return HeadsRebuilt(int(heads), int(wrong) + int(wrong_flags), int(flags))
 
 
 def _split(script: str) -> list[str]:
@@ -499,8 +572,14 @@ def latest_sql(
 def entities_sql(
     types: Collection[str], *, tenant: str, newest_of: Collection[str] | None = None
 ) -> tuple[str, list[Any]]:
-    """The query behind `entities`: heads only, one index search per type (and per entity for `newest_of`)."""
+    """The query behind `entities`: for a `newest_of` of `FLAG_GROUPS`, the range of the entities flagged now in
+    `entity_flags`; else heads only, one index search per type (and per entity for `newest_of`)."""
     names = list(types)
+    group = flag_group(names, newest_of) if newest_of is not None else None
+    if group is not None:
+        marks = ", ".join("?" * len(names))
+        sql = f"SELECT entity FROM entity_flags WHERE tenant = ? AND grp = ? AND type IN ({marks})"
+        return sql, [tenant, group, *names]
     sql = f"SELECT DISTINCT entity FROM entity_heads h WHERE tenant = ? AND type IN ({', '.join('?' * len(names))})"
     params: list[Any] = [tenant, *names]
     if newest_of is not None:
@@ -511,6 +590,21 @@ def entities_sql(
         )
         params.extend(among)
     return sql, params
+
+
+def order_numbers_sql(tenant: str, numbers: Sequence[str]) -> tuple[str, list[Any]]:
+    """The query behind `order_commands_numbered`: a range of `events_by_order_number` per number, each row kept
+    only if it is its entity's head. (The type is written out: SQLite uses a partial index only for a literal; and
+    the index is named, so no statistics can turn this into a walk of all the tenant's order commands.)"""
+    marks = ", ".join("?" * len(numbers))
+    sql = (
+        f"SELECT {_COLUMNS} FROM events e INDEXED BY events_by_order_number"
+        " WHERE e.type = 'order.upsert_requested' AND e.tenant = ?"
+        f" AND json_extract(e.payload, '$.body.orderNumber') IN ({marks})"
+        " AND e.position = (SELECT h.position FROM entity_heads h WHERE h.tenant = e.tenant"
+        " AND h.type = 'order.upsert_requested' AND h.entity = e.entity)"
+    )
+    return sql, [tenant, *numbers]
 
 
 def read_sql(
@@ -659,7 +753,8 @@ class SqliteEventLog:
         return job.outcome
 
     async def rebuild_heads(self) -> HeadsRebuilt:
-        """Rebuild `entity_heads` from `events` in one transaction; say how many rows were wrong or missing.
+        """Rebuild `entity_heads` (and `entity_flags` from it) from `events` in one transaction; say how many rows
+        were wrong or missing.
 
         The table is derived data, kept by a trigger as events are appended: this is for an operator who
         doubts it (`pipeline audit rebuild-heads`), and costs one pass over the log.
@@ -742,12 +837,22 @@ class SqliteEventLog:
         """The tenant's entities that have an event of `types` (from `entity_heads`: no history scan).
 
         With `newest_of`, only those whose newest event of any of `newest_of` is of `types` (for example the
-        entities whose latest outcome is a failure), still without reading an event.
+        entities whose latest outcome is a failure), still without reading an event; for a `newest_of` of
+        `FLAG_GROUPS`, from `entity_flags`: it costs the entities flagged now, not all that were flagged once.
         """
         if not types:
             return set()
         sql, params = entities_sql(types, tenant=tenant, newest_of=newest_of)
         return {str(row[0]) for row in await self._fetch(sql, params)}
+
+    async def order_commands_numbered(self, tenant: str, numbers: Collection[str]) -> list[StoredEvent]:
+        """The newest order command of each order entity whose newest one carries one of `numbers`."""
+        wanted = sorted(set(numbers))
+        out: list[StoredEvent] = []
+        for i in range(0, len(wanted), _CHUNK):
+            sql, params = order_numbers_sql(tenant, wanted[i : i + _CHUNK])
+            out.extend(_rows_to_events(await self._fetch(sql, params)))
+        return sorted(out, key=lambda e: e.position)
 
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:
         """The events whose causation is one of `positions`, in position order."""

@@ -51,7 +51,7 @@ from pipeline.clients.poweroffice import Page, TenantPowerOffice, parse_timestam
 from pipeline.config import TenantSettings
 from pipeline.errors import AuthError, MappingError, PermanentApiError
 from pipeline.eventlog.base import EventLog, NewEvent
-from pipeline.events import InvoiceObserved, ObservationRejected, ProductObserved, to_dict
+from pipeline.events import OBSERVED_TYPES, InvoiceObserved, ObservationRejected, ProductObserved, to_dict
 from pipeline.mapping.orders import invoice_wants_order
 
 logger = logging.getLogger(__name__)
@@ -465,17 +465,19 @@ async def poll_invoices(
 
 
 async def _standing_rejections(log: EventLog, tenant: TenantSettings) -> dict[str, int]:
-    """Invoice id -> position of its rejection, for the rejected invoices not observed since (a few: one
-    indexed query for the rejections, one per rejected invoice)."""
+    """Invoice id -> position of its rejection, for the rejected invoices not observed since: the flagged ones
+    (their newest observation-or-rejection is a rejection; from the log's flags, not every rejection ever)."""
     out: dict[str, int] = {}
-    rejected = await log.latest([ObservationRejected.TYPE], tenant=tenant.name)
+    flagged = await log.entities(
+        [ObservationRejected.TYPE], tenant=tenant.name, newest_of=(*OBSERVED_TYPES, ObservationRejected.TYPE)
+    )
+    invoices = {entity for entity in flagged if entity.startswith("invoice:")}
+    if not invoices:
+        return out
+    rejected = await log.latest([ObservationRejected.TYPE], tenant=tenant.name, entities=invoices)
     for (_, entity), stored in rejected.items():
-        iid = _invoice_id(entity.removeprefix("invoice:")) if entity.startswith("invoice:") else None
-        if iid is None:
-            continue
-        newer = await log.latest([InvoiceObserved.TYPE], tenant=tenant.name, entity=entity)
-        observed = newer.get((tenant.name, entity))
-        if observed is None or observed.position < stored.position:
+        iid = _invoice_id(entity.removeprefix("invoice:"))
+        if iid is not None:
             out[iid] = stored.position
     return out
 

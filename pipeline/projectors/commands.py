@@ -19,13 +19,15 @@ A command equal to the entity's previous command is not appended, so re-observin
 replaying it with an unchanged mapping) writes nothing. Commands and the checkpoint move land in one append.
 
 `Projection` is the in-memory state the projector needs (previous commands, order-number owners, the article
-registry, every product's latest observation); it is rebuilt from the log on every run, so nothing but the log is
-state. `project_event` is pure given that state (plus what `Projection.learn` reads for a stock observation),
-which is what replay uses for its preview.
+registry, every product's latest observation); it is rebuilt from the log on every run that has something to
+project, so nothing but the log is state. Orders grow with history, so a run loads only those its invoices need
+(`Projection.load_orders`), never every order of the tenant. `project_event` is pure given that state (plus what
+`Projection.learn` reads for a stock observation), which is what replay uses for its preview.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Iterable
@@ -65,6 +67,8 @@ log = logging.getLogger(__name__)
 STAGE = "projector"
 OBSERVED = (ProductObserved.TYPE, InvoiceObserved.TYPE, StockObserved.TYPE)
 COMMANDS = (ArticleUpsertRequested.TYPE, OrderUpsertRequested.TYPE, StockPatchRequested.TYPE)
+# The commands whose entities grow with the catalogue (not with history, as orders do).
+CATALOGUE_COMMANDS = (ArticleUpsertRequested.TYPE, StockPatchRequested.TYPE)
 # The product fields `map_stock` reads.
 STOCK_PRODUCT_FIELDS = ("Id", "Code", "IsStockItem")
 
@@ -114,13 +118,22 @@ class Projection:
     # article numbers whose stock the warehouse has shown it held (rule: no stock back before that)
     stock_held: set[str] = field(default_factory=set)
     _left_out: dict[str, str] | None = field(default=None, repr=False)
+    # None: every order's last command is loaded. Else what `load_orders` has loaded so far: the order entities
+    # and the order numbers whose holders are known.
+    _orders: tuple[set[str], set[str]] | None = field(default=None, repr=False)
 
     @classmethod
-    async def load(cls, log_: EventLog, tenant: TenantSettings) -> Projection:
+    async def load(cls, log_: EventLog, tenant: TenantSettings, *, all_orders: bool = True) -> Projection:
+        """The tenant's state from the log. With `all_orders=False` the orders (entities forever: they grow with
+        history) are left out; `load_orders` then loads what each batch of observations needs. The catalogue's
+        part (articles, stock write-backs, products) grows with the catalogue only and is loaded whole."""
         p = cls(tenant)
-        latest = await log_.latest(COMMANDS, tenant=tenant.name)
+        types = COMMANDS if all_orders else CATALOGUE_COMMANDS
+        latest = await log_.latest(types, tenant=tenant.name)
         for stored in sorted(latest.values(), key=lambda e: e.position):
             p.remember_command(stored.entity, stored.event)
+        if not all_orders:
+            p._orders = (set(), set())
         products = await log_.latest([ProductObserved.TYPE], tenant=tenant.name)
         for stored in products.values():
             assert isinstance(stored.event, ProductObserved)
@@ -132,6 +145,43 @@ class Projection:
                 if claim is not None and claim.code is not None:
                     p.stock_held.add(claim.code)
         return p
+
+    async def load_orders(self, log_: EventLog, batch: Iterable[StoredEvent]) -> None:
+        """Load what numbering the batch's invoices needs, when `load` left the orders out: each invoice's last
+        order command, and the last order command of every order holding a number one of them has or would take.
+        Together with the commands remembered since, that is all `order_number` and the dedupe read of orders,
+        so projecting gives what a state with every order would."""
+        if self._orders is None:
+            return
+        entities, numbers = self._orders
+        name = self.tenant.name
+        wanted: set[str] = set()
+        own: set[str] = set()
+        for stored in batch:
+            ev = stored.event
+            if not isinstance(ev, InvoiceObserved) or not isinstance(ev.invoice, dict):
+                continue
+            invoice_id = str(ev.invoice.get("Id") or "").strip()
+            if invoice_id:
+                wanted.add(f"order:{invoice_id}")
+            with contextlib.suppress(MappingError):  # (projecting it fails, with the reason)
+                own.add(order_number_for(ev.invoice))
+        wanted -= entities
+        found = await log_.latest([OrderUpsertRequested.TYPE], tenant=name, entities=wanted) if wanted else {}
+        heads = {stored.position: stored for stored in found.values()}
+        for stored in heads.values():
+            held = stored.event.body.get("orderNumber") if isinstance(stored.event, OrderUpsertRequested) else None
+            if isinstance(held, str):
+                own.add(held)
+        own -= numbers
+        if own:
+            heads.update((e.position, e) for e in await log_.order_commands_numbered(name, own))
+        for position in sorted(heads):  # in log order, as `load` does: the oldest holder of a number owns it
+            stored = heads[position]
+            if stored.entity not in entities and stored.entity not in self.last_command:
+                self.remember_command(stored.entity, stored.event)
+        entities |= wanted | {e.entity for e in heads.values()}
+        numbers |= own
 
     def remember_command(self, entity: str, event: Event) -> None:
         self.last_command[entity] = fingerprint(event)
@@ -416,11 +466,11 @@ async def project(log_: EventLog, tenant: TenantSettings, *, batch_size: int = 5
     async for stored in log_.read(after=after, tenant=tenant.name, types=OBSERVED, batch_size=batch_size):
         batch.append(stored)
         if len(batch) >= batch_size:
-            state = state or await Projection.load(log_, tenant)
+            state = state or await Projection.load(log_, tenant, all_orders=False)
             await _project_batch(log_, state, batch, result)
             batch = []
     if batch:
-        state = state or await Projection.load(log_, tenant)
+        state = state or await Projection.load(log_, tenant, all_orders=False)
         await _project_batch(log_, state, batch, result)
     if state is not None:  # conflicts change only with new product observations
         await _settle_code_conflicts(log_, state, result)
@@ -460,6 +510,8 @@ async def _project_batch(
     out: list[NewEvent] = []
     last = 0
     name = state.tenant.name
+    batch = list(batch)
+    await state.load_orders(log_, batch)  # the orders this batch's invoices need, not every order of the tenant
     for stored in batch:
         last = stored.position
         result.observed += 1
@@ -509,9 +561,14 @@ async def _settle_code_conflicts(log_: EventLog, state: Projection, result: Proj
     changed, a product archived), each product that stood in it is projected again from its latest observation,
     and what that makes (usually its article command) ends the failure."""
     name = state.tenant.name
+    # Only products whose newest observation-or-mapping-failure is a failure (the flags, not every record that
+    # ever failed to map): a standing failure is about the newest observation, so it is among them.
+    flagged = await log_.entities([MappingFailed.TYPE], tenant=name, newest_of=(*OBSERVED, MappingFailed.TYPE))
+    products = {entity for entity in flagged if entity.startswith("product:")}
+    latest = await log_.latest([MappingFailed.TYPE], tenant=name, entities=products) if products else {}
     failed = {
         entity: stored
-        for (_, entity), stored in (await log_.latest([MappingFailed.TYPE], tenant=name)).items()
+        for (_, entity), stored in latest.items()
         if entity.startswith("product:")
         and isinstance(stored.event, MappingFailed)
         and stored.event.reason.startswith(CODE_CONFLICT)
