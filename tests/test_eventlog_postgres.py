@@ -562,6 +562,7 @@ async def runtime_entities(database: str, tenant: str) -> list[str]:
         )
 
 
+@pytest.mark.anyio
 async def test_order_number_holders_are_found_by_index_not_by_walking_the_orders(schema: str) -> None:
     """Who holds an order number is a range of the partial index on the order commands' number (then one head per
     hit), not a walk of every order command the tenant has; the flagged entities are a range of entity_flags."""
