@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from pipeline import audit
 from pipeline.eventlog.base import EventLog, StoredEvent
-from pipeline.eventlog.sqlite import SqliteEventLog, format_time
+from pipeline.eventlog.sqlite import format_time
 from pipeline.events import (
     COMMAND_TYPES,
     OUTCOME_TYPES,
@@ -32,6 +32,7 @@ from pipeline.freshness import percentile
 from pipeline.problems import standing_problems
 
 if TYPE_CHECKING:
+    from pipeline.eventlog import AnyLog
     from pipeline.runtime import TenantState
     from pipeline.web import CyclePoint, Status
 
@@ -130,7 +131,7 @@ class PageView:
 # --------------------------------------------------------------------------------------------- from the log
 
 
-async def read_log_view(log: SqliteEventLog, tenants: Sequence[str] = ()) -> LogView:
+async def read_log_view(log: AnyLog, tenants: Sequence[str] = ()) -> LogView:
     """What stands in the log: the held entities (`pipeline.problems`: quarantined, unmapped, rejected; the same
     answer as `audit failures` and `sync`'s exit code), and entities whose newest command waits for an outcome
     or failed transiently.
@@ -191,7 +192,7 @@ def _held_row(stored: StoredEvent, reason: str, subject: str = "") -> Held:
     return Held(stored.tenant, stored.entity, reason, format_time(stored.recorded_at), stored.position, subject)
 
 
-async def _released(log: SqliteEventLog) -> list[tuple[str, str, str, dict[str, Any]]]:
+async def _released(log: AnyLog) -> list[tuple[str, str, str, dict[str, Any]]]:
     """Entities an operator re-drove whose newest command has not been answered since."""
     rows = await log.query(
         "SELECT r.tenant, r.entity, r.recorded_at, r.payload FROM events r WHERE r.type = ?"
@@ -211,7 +212,7 @@ async def _subject(log: EventLog, position: object, shown: int) -> str:
     return audit.summarize(event) if event is not None else ""
 
 
-async def _unanswered(log: SqliteEventLog, floor: int) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+async def _unanswered(log: AnyLog, floor: int) -> list[tuple[str, str, str, str, dict[str, Any]]]:
     """Each entity's newest command above `floor` when nothing answered it (outcomes point at it by `causation`)."""
     cmd = ", ".join("?" * len(COMMAND_TYPES))
     out = ", ".join("?" * len(OUTCOME_TYPES))

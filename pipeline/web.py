@@ -28,12 +28,12 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pipeline import audit, statuspage
-from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.metrics import LimiterView, Metrics
 from pipeline.runtime import CycleReport, TenantReport, TenantState
 from pipeline.serving import serve_app
 
 if TYPE_CHECKING:
+    from pipeline.eventlog import AnyLog
     from pipeline.workers import Board
 
 # How long the log-derived part (quarantined, pending, head) is reused before it is read again: for the page, and
@@ -121,7 +121,7 @@ class Status:
         self.states: dict[str, TenantState] = {}  # each tenant's loop state, as it last reported it
         # The latest deliveries' freshness per tenant (seconds), for the p95 on the page.
         self.recent_freshness: dict[str, deque[float]] = {}
-        self.log: SqliteEventLog | None = None
+        self.log: AnyLog | None = None
         self.limiter: LimiterView | None = None
         self._head: int | None = None
         self._poweroffice_starts: deque[datetime] = deque()
@@ -133,7 +133,7 @@ class Status:
 
     # -------------------------------------------------------------------------------- adapter: the loop tells
 
-    async def attach(self, log: SqliteEventLog, limiter: LimiterView | None = None) -> None:
+    async def attach(self, log: AnyLog, limiter: LimiterView | None = None) -> None:
         """The log (for the page's queries and the head) and the PowerOffice key's limiter."""
         self.log = log
         self.limiter = limiter

@@ -622,3 +622,51 @@ async def test_sighup_on_a_worker_adds_a_tenant_and_keeps_its_registration(tmp_p
             stop.set()
         assert await leases(schema) == {}
         assert await workers() == []
+
+
+@needs_postgres
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_a_workers_status_page_reads_the_postgresql_log(tmp_path: Path, schema: str) -> None:
+    """`run` on PostgreSQL serves the page and /metrics from the log too (head, held and pending lists), as on
+    SQLite: the log head is the log's newest position, not 0, and a standing mapping failure is on the page."""
+    import io
+
+    import aiohttp
+    from rich.console import Console
+
+    from pipeline.commands import run_forever
+    from pipeline.config import load_settings
+    from pipeline.runtime import TenantState
+
+    async with small_world(1) as world:
+        tenant = world.tenants[0]
+        world.poweroffice.add_product(tenant.client_key, code="BROKEN", name="Broken price", UnitPrice="n/a")
+        config = tmp_path / "pipeline.toml"
+        head = "status_port = 0\nlease_seconds = 1.5\nlease_grace_seconds = 0.5\n"
+        config.write_text(head + world.config_toml(schema_dsn(schema), requests_per_second=400), encoding="utf-8")
+        stop = anyio.Event()
+        cycled: list[str] = []
+        urls: list[str] = []
+
+        def record(state: TenantState) -> None:
+            cycled.append(state.name)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: run_forever(
+                    Console(file=io.StringIO()), load_settings(config), stop=stop, cycled=record, started=urls.append
+                )
+            )
+            await eventually(lambda: bool(cycled), 20, "the tenant cycles")
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{urls[0]}/metrics") as answer:
+                    metrics = await answer.text()
+                async with session.get(f"{urls[0]}/") as answer:
+                    page = await answer.text()
+            stop.set()
+    head = [line for line in metrics.splitlines() if line.startswith("pipeline_log_head_position ")]
+    assert head, metrics
+    assert float(head[0].split()[1]) > 0
+    assert "log head #0 " not in page
+    assert "cannot be mapped" in page
