@@ -442,7 +442,8 @@ class Runtime:
             head = await self.log.max_position()
             await self.tenant_cycle(tenant, report, expired=expired, stopping=stop.is_set, progress=progress)
             report.freshness = [(s.kind, s.seconds) for s in await freshness.after(self.log, name, head)]
-            if self.command == "run" and not stop.is_set():
+            # A cycle cut by its deadline left deliveries on their way: comparing the sides now would report them.
+            if self.command == "run" and not stop.is_set() and not report.deadline_reached:
                 reconciled = await self.reconcile_if_due(tenant)
         except Exception as exc:
             fatal = fatal_error(exc)

@@ -172,3 +172,28 @@ async def test_a_reconcile_that_could_not_read_a_side_is_tried_again_next_cycle(
         found = await records(settings)
         assert [r.error is None for r in found] == [False, True]  # within the 24 h, but the last one failed
         assert states[0].reconcile_differences == {"products": 0, "orders": 0, "stock": 0}
+
+
+async def test_a_cycle_cut_by_its_deadline_does_not_reconcile(tmp_path: Path) -> None:
+    """A cycle that reached its deadline left deliveries for the next one, so comparing the two sides then would
+    only report what is still on its way (and the next reconcile would be a day off). It waits for a cycle that
+    did its work: that one reconciles, and agrees."""
+    import anyio
+
+    from pipeline.runtime import Runtime
+
+    async with fake_world(1, products=10, customers=4, invoices=10, now=NOW, requests_per_second=1000) as world:
+        settings = settings_for(world, tmp_path)
+        states: list[TenantState] = []
+        async with Runtime(settings, clock=fixed_clock, command="run") as runtime:
+            await runtime.run(anyio.Event(), cycles=1, deadline=0, on_cycle=states.append)
+            assert states[-1].report is not None
+            assert states[-1].report.deadline_reached
+            assert states[-1].reconcile_differences is None
+            assert await records(settings) == []
+            await runtime.run(anyio.Event(), cycles=3, interval=0, on_cycle=states.append)
+        done = [s for s in states if s.report is not None and not s.report.deadline_reached]
+        assert done
+        found = await records(settings)
+        assert len(found) == 1
+        assert found[0].agreed is True
