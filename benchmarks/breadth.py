@@ -188,6 +188,7 @@ def config_toml(world: dict[str, Any], database: str, rps: float) -> str:
     lines = [
         f'database = "{database}"',
         f"interval_seconds = {INTERVAL:g}",
+        "reconcile_every_hours = 0",  # the daily reconcile is not a sweep's work (benchmarks/reconcile.py)
         'status_host = "127.0.0.1"',
         "status_port = 0",
         "",
@@ -392,10 +393,14 @@ class Worker:
         return collections.Counter(re.findall(r"tenant (\S+): observed=", text))
 
     async def held(self) -> int:
-        """How many tenants this worker runs: one line per tenant in `/readyz`, after its first line."""
+        """How many tenants this worker runs, from `/readyz`: a PostgreSQL worker marks its own `· this worker`;
+        a process that does not share (one line per tenant, no marks) runs them all."""
         url = await self.status_url()
         text = await anyio.to_thread.run_sync(_get, f"{url}/readyz")
-        return len([line for line in text.splitlines()[1:] if line.strip()])
+        lines = [line for line in text.splitlines()[1:] if line.strip()]
+        if any("tenants held here" in line for line in lines):
+            return sum(1 for line in lines if line.endswith("· this worker"))
+        return len(lines)
 
     def cpu(self) -> float:
         """CPU seconds (user + system) the worker has used so far."""
