@@ -6,24 +6,26 @@ The fakes run in a child process of their own (so they take none of the pipeline
 goods owners (`--products`, `--customers`, `--invoices` each). The fake PowerOffice enforces `--rps` per
 subscription key with 429s, like the real gateway.
 
-Each run first syncs everything at a lifted rate (fake and limiter at `--setup-rps`), until a cycle appends
-nothing. Then the rate drops to `--rps` at both ends and a freshly started pipeline runs two sweeps: a *cold*
-one (every tenant renews its token) and the measured *unchanged* one (tokens cached: a products page and an
-invoices page per tenant, and the Ongoing stock poll). A sweep is every tenant running one cycle; it must append
-nothing.
+Each run first syncs everything in this process at a lifted rate (fake and limiter at `--setup-rps`), until a
+cycle appends nothing. Then the rate drops to `--rps` at both ends and freshly started `pipeline run` processes
+(interval one day, daily reconcile off: only the sweeps run) do two sweeps, a sweep being every tenant running one
+cycle, which must append nothing: a *cold* one (their first cycles: start-up, every tenant renews its token) and
+the measured *unchanged* one (tokens cached: a products page and an invoices page per tenant, and the Ongoing
+stock poll). The measured sweep starts when the processes are sent SIGHUP (each tenant's loop starts again at
+once) and ends when every tenant's cycle has ended, read from the processes' own per-tenant cycle log lines
+(looked at every 2 s, every 0.1 s near the expected end), which costs them nothing. Meanwhile each process's
+`/metrics` is fetched every `--scrape` seconds (15), as Prometheus would.
 
-- **SQLite, one process**: the pipeline runs in this process (`Runtime.cycle()`, what `sync` does); a sweep is
-  timed around the call.
+- **SQLite, one process**: one `pipeline run` on a SQLite file. (`--in-process` instead times
+  `Runtime.cycle()` in this process, what `sync` does; `--profile FILE` then profiles its unchanged sweep.)
 - **PostgreSQL, two workers**: two `pipeline run` processes on one PostgreSQL log (a schema of its own, named by
-  `?search_path=` in the URL) share the tenants. The cold sweep is their first cycle; the measured sweep starts
-  when both are sent SIGHUP (each tenant's loop starts again at once) and ends when every tenant's cycle has
-  ended, read from each worker's `/metrics` (`pipeline_cycles_total`; polled every 0.25 s near the end).
+  `?search_path=` in the URL, which asyncpg passes to the server as a setting) share the tenants.
 
 Figures per sweep: `sweep_s` (wall time), `bound_s` = PowerOffice requests of the sweep (counted by the fake,
 token requests included: they count against the key) ÷ `--rps`, `breadth_ratio` = bound_s ÷ sweep_s (target
 ≥ 0.9), `throttled` = 429s the fake answered during the sweeps (target 0), and `rss_mb` = the peak resident size
-of the pipeline process (`ru_maxrss` of this process for SQLite, `VmHWM` of each worker for PostgreSQL: the larger
-is reported, both printed; the fakes' own memory is never counted; target < 1024).
+of the pipeline processes (`VmHWM` of each `pipeline run`, the larger reported, each printed; `ru_maxrss` of this
+process with `--in-process`, first sync included; the fakes' own memory is never counted; target < 1024).
 
 The last line reports the **worse of the runs, key by key** (the lower ratio with its own sweep_s and bound_s, the
 larger rss_mb, the larger throttled): `RESULT tenants=… sweep_s=… bound_s=… breadth_ratio=… rss_mb=… throttled=…`.
@@ -455,49 +457,72 @@ async def wait_sweep(
         await anyio.sleep(2.0 if left > 10 else 0.1)
 
 
-async def run_postgres(fakes: Fakes, args: argparse.Namespace, folder: Path) -> Run:
+async def run_workers(fakes: Fakes, args: argparse.Namespace, folder: Path, label: str, database: str, n: int) -> Run:
+    """`n` `pipeline run` processes on `database`, after a first sync in this process: a cold sweep (their first
+    cycles), then the measured one (SIGHUP: every tenant's loop starts again at once), scraped as Prometheus would."""
     world = fakes.world
-    schema = f"breadth_{os.getpid()}"
-    await make_schema(args.postgres, schema)
-    url = schema_url(args.postgres, schema)
     workers: list[Worker] = []
+    fakes.set_rps(args.setup_rps)
+    await first_sync(world, database, args, label)
+    fakes.set_rps(args.rps)
+    config = folder / f"{label}.toml"
+    config.write_text(config_toml(world, database, args.rps))
+    names = [name for name, _, _ in world["tenants"]]
     try:
-        fakes.set_rps(args.setup_rps)
-        await first_sync(world, url, args, "postgres")
-        fakes.set_rps(args.rps)
-        config = folder / "workers.toml"
-        config.write_text(config_toml(world, url, args.rps))
-        start = Counter(fakes, args.rps)
-        counter = Counter(fakes, args.rps)
-        t0 = time.monotonic()
-        workers = [Worker(f"worker{i + 1}", config, folder) for i in range(args.workers)]
-        for w in workers:
-            await w.status_url()
-        names = [name for name, _, _ in world["tenants"]]
-        await wait_sweep(workers, names, collections.Counter(), 3 * args.tenants / args.rps)
-        cold = counter.sweep(time.monotonic() - t0, sum(w.cpu() for w in workers))
-        print(cold.line("[postgres] cold sweep (start-up included)"), flush=True)
-        held = [await w.held() for w in workers]
-        print(f"  [postgres] {len(workers)} workers hold {' + '.join(map(str, held))} tenants", flush=True)
-        done = cycles(workers)
-        if any(n != 1 for n in done.values()):
-            print(f"  [postgres] note: {sum(done.values()) - len(names)} more cycles than tenants (hand-overs)")
-        counter = Counter(fakes, args.rps)
-        t0, cpu0 = time.monotonic(), sum(w.cpu() for w in workers)
-        for w in workers:
-            w.process.send_signal(signal.SIGHUP)
-        await wait_sweep(workers, names, done, 2 * args.tenants / args.rps)
-        sweep = counter.sweep(time.monotonic() - t0, sum(w.cpu() for w in workers) - cpu0)
-        print(sweep.line("[postgres] unchanged sweep"), flush=True)
-        rss = [w.peak_rss_mb() for w in workers]
-        throttled = start.sweep(1.0, 0.0).throttled
-        shown = ", ".join(f"{w.name} {r:.0f} MB" for w, r in zip(workers, rss, strict=True))
-        print(f"  [postgres] peak RSS: {shown}; 429s over both sweeps {throttled}", flush=True)
+        async with anyio.create_task_group() as tg:
+            start = Counter(fakes, args.rps)
+            counter = Counter(fakes, args.rps)
+            t0 = time.monotonic()
+            workers = [Worker(f"{label}-worker{i + 1}", config, folder) for i in range(n)]
+            for w in workers:
+                await w.status_url()
+            if args.scrape > 0:
+                tg.start_soon(scrape, workers, args.scrape)
+            await wait_sweep(workers, names, collections.Counter(), 3 * args.tenants / args.rps)
+            cold = counter.sweep(time.monotonic() - t0, sum(w.cpu() for w in workers))
+            print(cold.line(f"[{label}] cold sweep (start-up included)"), flush=True)
+            held = [await w.held() for w in workers]
+            print(f"  [{label}] {len(workers)} worker(s) hold {' + '.join(map(str, held))} tenants", flush=True)
+            done = cycles(workers)
+            if any(k != 1 for k in done.values()):
+                print(f"  [{label}] note: {sum(done.values()) - len(names)} more cycles than tenants (hand-overs)")
+            counter = Counter(fakes, args.rps)
+            t0, cpu0 = time.monotonic(), sum(w.cpu() for w in workers)
+            for w in workers:
+                w.process.send_signal(signal.SIGHUP)
+            await wait_sweep(workers, names, done, 2 * args.tenants / args.rps)
+            sweep = counter.sweep(time.monotonic() - t0, sum(w.cpu() for w in workers) - cpu0)
+            print(sweep.line(f"[{label}] unchanged sweep"), flush=True)
+            rss = [w.peak_rss_mb() for w in workers]
+            throttled = start.sweep(1.0, 0.0).throttled
+            shown = ", ".join(f"{w.name} {r:.0f} MB" for w, r in zip(workers, rss, strict=True))
+            print(f"  [{label}] peak RSS: {shown}; 429s over both sweeps {throttled}", flush=True)
+            tg.cancel_scope.cancel()
     finally:
         for w in workers:
             w.stop()
+    return Run(label, sweep, rss, throttled)
+
+
+async def scrape(workers: list[Worker], every: float) -> None:
+    """GET each worker's /metrics every `every` seconds, as Prometheus would."""
+    while True:
+        for w in workers:
+            await anyio.to_thread.run_sync(_get, f"{await w.status_url()}/metrics")
+        await anyio.sleep(every)
+
+
+async def run_sqlite_process(fakes: Fakes, args: argparse.Namespace, folder: Path) -> Run:
+    return await run_workers(fakes, args, folder, "sqlite", str(folder / "breadth.db"), 1)
+
+
+async def run_postgres(fakes: Fakes, args: argparse.Namespace, folder: Path) -> Run:
+    schema = f"breadth_{os.getpid()}"
+    await make_schema(args.postgres, schema)
+    try:
+        return await run_workers(fakes, args, folder, "postgres", schema_url(args.postgres, schema), args.workers)
+    finally:
         await make_schema(args.postgres, schema, drop=True)
-    return Run("postgres", sweep, rss, throttled)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -512,7 +537,13 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--products", type=int, default=4, help="products per goods owner")
     parser.add_argument("--customers", type=int, default=3, help="customers per goods owner")
     parser.add_argument("--invoices", type=int, default=3, help="invoices per goods owner")
-    parser.add_argument("--profile", metavar="FILE", help="cProfile the SQLite run's unchanged sweep into FILE")
+    parser.add_argument(
+        "--scrape", type=float, default=15.0, help="GET each worker's /metrics this often, s (0: never; 15)"
+    )
+    parser.add_argument(
+        "--in-process", action="store_true", help="SQLite: Runtime.cycle() in this process instead of `pipeline run`"
+    )
+    parser.add_argument("--profile", metavar="FILE", help="with --in-process: cProfile the unchanged sweep to FILE")
     parser.add_argument("--workers", type=int, default=2, help="`pipeline run` processes on PostgreSQL")
     parser.add_argument(
         "--postgres", default=os.environ.get("PIPELINE_TEST_POSTGRES", ""), help="PostgreSQL URL (a schema is made)"
@@ -535,7 +566,12 @@ async def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for store in stores:
             with fakes(args, now) as f:  # fresh fakes per store: the same data, tokens and counters from zero
-                run = await (run_sqlite if store == "sqlite" else run_postgres)(f, args, Path(tmp))
+                if store == "postgres":
+                    run = await run_postgres(f, args, Path(tmp))
+                elif args.in_process:
+                    run = await run_sqlite(f, args, Path(tmp))
+                else:
+                    run = await run_sqlite_process(f, args, Path(tmp))
             runs.append(run)
     for run in runs:
         s = run.sweep
