@@ -364,13 +364,14 @@ async def make_schema(dsn: str, schema: str, *, drop: bool = False) -> None:
 class Worker:
     """One `pipeline run` process; its status URL is read from its output."""
 
-    def __init__(self, name: str, config: Path, folder: Path) -> None:
+    def __init__(self, name: str, config: Path, folder: Path, profile: str | None = None) -> None:
         self.name = name
         self.output = folder / f"{name}.out"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        profiled = ["-m", "cProfile", "-o", str(Path(profile) / f"{name}.prof")] if profile else []
         with open(self.output, "wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "--config", str(config), "run"],
+                [sys.executable, *profiled, "-m", "pipeline", "--config", str(config), "run"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -473,7 +474,7 @@ async def run_workers(fakes: Fakes, args: argparse.Namespace, folder: Path, labe
             start = Counter(fakes, args.rps)
             counter = Counter(fakes, args.rps)
             t0 = time.monotonic()
-            workers = [Worker(f"{label}-worker{i + 1}", config, folder) for i in range(n)]
+            workers = [Worker(f"{label}-worker{i + 1}", config, folder, args.profile_workers) for i in range(n)]
             for w in workers:
                 await w.status_url()
             if args.scrape > 0:
@@ -544,6 +545,7 @@ async def main(argv: list[str]) -> None:
         "--in-process", action="store_true", help="SQLite: Runtime.cycle() in this process instead of `pipeline run`"
     )
     parser.add_argument("--profile", metavar="FILE", help="with --in-process: cProfile the unchanged sweep to FILE")
+    parser.add_argument("--profile-workers", metavar="DIR", help="cProfile each `pipeline run` into DIR/<name>.prof")
     parser.add_argument("--workers", type=int, default=2, help="`pipeline run` processes on PostgreSQL")
     parser.add_argument(
         "--postgres", default=os.environ.get("PIPELINE_TEST_POSTGRES", ""), help="PostgreSQL URL (a schema is made)"
