@@ -390,6 +390,18 @@ class Worker:
                     await anyio.sleep(0.2)
         return self.url
 
+    def troubles(self, since: int) -> tuple[int, int]:
+        """In the output after byte `since`: tenant cycles that observed, queued, delivered or failed something,
+        and those that reported errors (a poll failed) or failed outright."""
+        text = self.output.read_bytes()[since:].decode(errors="replace")
+        lines = re.findall(r"tenant \S+: (observed=.*)$", text, re.M)
+        busy = sum(1 for line in lines if re.search(r"(observed|commands|delivered|failed)=[1-9]", line))
+        failed = sum(1 for line in lines if "errors=" in line) + text.count(": cycle failed:")
+        return busy, failed
+
+    def size(self) -> int:
+        return self.output.stat().st_size
+
     def cycles(self) -> collections.Counter[str]:
         """Cycles ended per tenant so far: `run` logs one line per tenant's cycle (`tenant NAME: observed=…`)."""
         text = self.output.read_text(errors="replace")
@@ -482,18 +494,21 @@ async def run_workers(fakes: Fakes, args: argparse.Namespace, folder: Path, labe
             await wait_sweep(workers, names, collections.Counter(), 3 * args.tenants / args.rps)
             cold = counter.sweep(time.monotonic() - t0, sum(w.cpu() for w in workers))
             print(cold.line(f"[{label}] cold sweep (start-up included)"), flush=True)
+            report_troubles(label, workers, [0] * len(workers))
             held = [await w.held() for w in workers]
             print(f"  [{label}] {len(workers)} worker(s) hold {' + '.join(map(str, held))} tenants", flush=True)
             done = cycles(workers)
             if any(k != 1 for k in done.values()):
                 print(f"  [{label}] note: {sum(done.values()) - len(names)} more cycles than tenants (hand-overs)")
             counter = Counter(fakes, args.rps)
+            marks = [w.size() for w in workers]
             t0, cpu0 = time.monotonic(), sum(w.cpu() for w in workers)
             for w in workers:
                 w.process.send_signal(signal.SIGHUP)
             await wait_sweep(workers, names, done, 2 * args.tenants / args.rps)
             sweep = counter.sweep(time.monotonic() - t0, sum(w.cpu() for w in workers) - cpu0)
             print(sweep.line(f"[{label}] unchanged sweep"), flush=True)
+            report_troubles(label, workers, marks)
             rss = [w.peak_rss_mb() for w in workers]
             throttled = start.sweep(1.0, 0.0).throttled
             shown = ", ".join(f"{w.name} {r:.0f} MB" for w, r in zip(workers, rss, strict=True))
@@ -503,6 +518,15 @@ async def run_workers(fakes: Fakes, args: argparse.Namespace, folder: Path, labe
         for w in workers:
             w.stop()
     return Run(label, sweep, rss, throttled)
+
+
+def report_troubles(label: str, workers: list[Worker], marks: list[int]) -> None:
+    busy = failed = 0
+    for w, mark in zip(workers, marks, strict=True):
+        b, f = w.troubles(mark)
+        busy, failed = busy + b, failed + f
+    if busy or failed:
+        print(f"  [{label}] WARNING: {busy} tenant cycle(s) did something, {failed} failed: not an unchanged sweep")
 
 
 async def scrape(workers: list[Worker], every: float) -> None:
