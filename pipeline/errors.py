@@ -68,15 +68,26 @@ _BASIC = re.compile(r"\b(?P<scheme>Basic|BASIC|basic)\s+(?P<value>[A-Za-z0-9+/]{
 
 
 class _KnownSecrets:
-    """The secret values this process holds, longest first (so a value inside a longer one goes with it)."""
+    """The secret values this process holds, longest first (so a value inside a longer one goes with it).
+
+    With a thousand tenants there are thousands of them, and every log line is scrubbed: `in_text` finds the ones
+    a text holds through an index by their first `MIN_SECRET_LENGTH` characters (one look-up per position of the
+    text), instead of a substring search per secret."""
 
     def __init__(self) -> None:
         self._pinned: set[str] = set()
+        self._pinned_values: set[str] = set()  # as given: adding one again costs nothing
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._ordered: list[str] | None = None
+        self._rank: dict[str, int] = {}
+        self._by_start: dict[str, list[str]] = {}
 
     def add(self, values: Iterable[str], *, pinned: bool) -> None:
         for value in values:
+            if value in self._pinned_values:
+                continue
+            if pinned:
+                self._pinned_values.add(value)
             for form in _forms(value):
                 if form in self._pinned:
                     continue
@@ -95,7 +106,22 @@ class _KnownSecrets:
     def ordered(self) -> list[str]:
         if self._ordered is None:
             self._ordered = sorted({*self._pinned, *self._recent}, key=len, reverse=True)
+            self._rank = {value: i for i, value in enumerate(self._ordered)}
+            self._by_start = {}
+            for value in self._ordered:
+                self._by_start.setdefault(value[:MIN_SECRET_LENGTH], []).append(value)
         return self._ordered
+
+    def in_text(self, text: str) -> list[str]:
+        """The known secrets that occur in `text`, longest first (as in `ordered`)."""
+        self.ordered()
+        by_start = self._by_start
+        found: set[str] = set()
+        for i in range(len(text) - MIN_SECRET_LENGTH + 1):
+            candidates = by_start.get(text[i : i + MIN_SECRET_LENGTH])
+            if candidates is not None:
+                found.update(value for value in candidates if text.startswith(value, i))
+        return sorted(found, key=self._rank.__getitem__)
 
 
 _known = _KnownSecrets()
@@ -155,8 +181,8 @@ def scrub(text: str, extra: Iterable[str] = ()) -> str:
         return text
     for value in sorted({f for v in extra if v for f in (v, " ".join(v.split())) if f}, key=len, reverse=True):
         text = text.replace(value, REDACTED)
-    for value in _known.ordered():
-        if value in text:  # a substring test per value is much faster than one big alternation
+    for value in _known.in_text(text):
+        if value in text:  # (gone when a longer one held it)
             text = text.replace(value, REDACTED)
     text = _XML.sub(lambda m: f"<{m['tag']}>{REDACTED}</{m['tag']}>", text)
     text = _PAIR.sub(_redact_pair, text)
