@@ -145,6 +145,9 @@ async def run_forever(
             console.print(f"status: {url}/  health: {url}/livez {url}/readyz  metrics: {url}/metrics")
             if isinstance(runtime.store, SqliteEventLog):  # the page's log queries are SQLite's
                 await status.attach(runtime.store, runtime.poweroffice.limiter)
+            workers = runtime.workers
+            if workers is not None:  # PostgreSQL: the page and /readyz name who holds each tenant
+                status.attach_workers(lambda: workers.board)
             if started:
                 started(url)
             if signals:

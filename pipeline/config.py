@@ -115,6 +115,11 @@ class Settings:
     # `pipeline run` reconciles each tenant this often (0: never), repairing only when `reconcile_repair`.
     reconcile_every_hours: float = 24.0
     reconcile_repair: bool = False
+    # PostgreSQL workers (`pipeline.workers`): a tenant's lease lasts this long unless renewed (every third of it);
+    # a lease its holder did not release is taken over only `lease_grace_seconds` after it expired (None: twice the
+    # longer HTTP timeout, so a write the dead holder still had in flight has ended).
+    lease_seconds: float = 30.0
+    lease_grace_seconds: float | None = None
 
     def tenant(self, name: str) -> TenantSettings:
         for t in self.tenants:
@@ -356,6 +361,7 @@ def _kind(value: object) -> str:
 _DAY = 86_400.0  # upper bound of the intervals and overlaps: beyond a day they are typing errors, not choices
 _TOP = {"database", "interval_seconds", "status_host", "status_port", "poweroffice", "ongoing", "tenants"}
 _TOP |= {"reconcile_every_hours", "reconcile_repair"}
+_TOP |= {"lease_seconds", "lease_grace_seconds"}
 _PO = {
     "api_url",
     "token_url",
@@ -419,6 +425,10 @@ def parse_settings(
     status_port = c.integer("", raw, "status_port", 8765, minimum=0, maximum=65535)
     reconcile_every_hours = c.number("", raw, "reconcile_every_hours", 24.0, minimum=0, maximum=24 * 366)
     reconcile_repair = c.boolean("", raw, "reconcile_repair", False)
+    lease_seconds = c.number("", raw, "lease_seconds", 30.0, minimum=1, maximum=3600)
+    lease_grace: float | None = None  # None: from the HTTP timeouts (`pipeline.workers.Timing`)
+    if "lease_grace_seconds" in raw:
+        lease_grace = c.number("", raw, "lease_grace_seconds", 0.0, minimum=0, maximum=3600)
 
     po_raw = c.table("", raw, "poweroffice")
     c.unknown("poweroffice", po_raw, _PO)
@@ -520,6 +530,8 @@ def parse_settings(
         status_port=status_port,
         reconcile_every_hours=reconcile_every_hours,
         reconcile_repair=reconcile_repair,
+        lease_seconds=lease_seconds,
+        lease_grace_seconds=lease_grace,
     )
 
 

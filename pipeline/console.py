@@ -52,6 +52,9 @@ def print_cycle(console: Console, report: CycleReport, title: str = "sync") -> N
     console.print(cycle_table(report, title))
     console.print(LEGEND, highlight=False, markup=False)
     for t in report.tenants.values():
+        if t.held_by:  # PostgreSQL: another worker runs this tenant's cycles
+            held = Text.assemble((t.name, "yellow"), ": not run here: held by ", remote(t.held_by))
+            console.print(held, highlight=False)
         for error in t.errors:
             console.print(Text.assemble((t.name, "red"), ": ", remote(error)), highlight=False)
         if t.degraded:

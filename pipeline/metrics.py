@@ -10,6 +10,7 @@
   cycle that itself failed); `pipeline_observed_total{tenant}` … `pipeline_failed_total{tenant}` from the reports.
 - `pipeline_quarantined_entities{tenant}` (from the log), `pipeline_waiting_commands{tenant}` (from the reports),
   `pipeline_log_head_position`, `pipeline_last_cycle_timestamp_seconds`.
+- PostgreSQL workers: `pipeline_workers_live`, `pipeline_worker_tenants_held`, `pipeline_worker_requests_per_second`.
 - `pipeline_build_info{version,python}`, and prometheus_client's process, platform and GC collectors.
 
 The HTTP and retry hooks are process-wide (the edge has no other way to reach us); they fan out to every live
@@ -138,6 +139,12 @@ class Metrics:
         )
         self.log_head = Gauge("pipeline_log_head_position", "Newest position in the event log", registry=r)
         self.last_cycle = Gauge("pipeline_last_cycle_timestamp_seconds", "End of the last cycle", registry=r)
+        # PostgreSQL workers (`pipeline.workers`), set when scraped; absent on SQLite.
+        self.workers_live = Gauge("pipeline_workers_live", "Live workers sharing the PostgreSQL log", registry=r)
+        self.tenants_held = Gauge("pipeline_worker_tenants_held", "Tenants whose lease this worker holds", registry=r)
+        self.worker_share = Gauge(
+            "pipeline_worker_requests_per_second", "This worker's share of the PowerOffice key's rate", registry=r
+        )
         self.limiter = _LimiterCollector()
         r.register(self.limiter)
         # Others who want every HTTP answer (the status page: progress, PowerOffice's request rate).

@@ -62,6 +62,7 @@ from pipeline.senders import Breakers, Sender, SendSummary
 
 if TYPE_CHECKING:
     from pipeline.eventlog import AnyLog
+    from pipeline.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class TenantReport:
     refused: bool = False  # the setup error was refused credentials (401/403), not an unreachable system
     # (kind, seconds) per delivery of the cycle: answer time − the source's change time (`pipeline.freshness`).
     freshness: list[tuple[str, float]] = field(default_factory=list)
+    # PostgreSQL: another worker held the tenant, so this process ran no cycle for it (`pipeline.workers`).
+    held_by: str | None = None
 
     @property
     def result(self) -> Result:
@@ -199,6 +202,18 @@ def describe_failure(exc: BaseException) -> str:
     return trim("; ".join(parts), 600)
 
 
+async def _first_of(*events: anyio.Event) -> None:
+    """Return once any of `events` is set."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(wait, event)
+
+
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
@@ -240,6 +255,8 @@ class Runtime:
             t.name: TenantState(t.name, self.interval_of(t)) for t in settings.tenants
         }
         self.breakers = Breakers()  # the senders' circuit breakers: a cool-down spans cycles
+        # On PostgreSQL: this process's worker registration and tenant leases (`pipeline.workers`); None on SQLite.
+        self.workers: Workers | None = None
 
     def apply_settings(self, settings: Settings) -> None:
         """Use `settings` (a reload) from the next `run`/`cycle` on: its tenants and interval. Only between runs."""
@@ -269,6 +286,14 @@ class Runtime:
                 self.session, po, self.limiters.for_key(po.subscription_key.reveal()), policy=self.policy
             )
             self.ongoing = OngoingClient(self.session, self.settings.ongoing, policy=self.policy, clock=self.clock)
+            if is_postgres(self.settings.database):
+                # Several processes may send from this log: each holds only the tenants it leases.
+                from pipeline.workers import Workers
+
+                self.workers = await Workers.open(
+                    self, str(self.settings.database), self.poweroffice.limiter, self.command
+                )
+                self._stack.push_async_callback(self.workers.close)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -299,6 +324,11 @@ class Runtime:
             ended[state.name] = state.report
 
         await self.run(anyio.Event(), cycles=1, on_cycle=collect, progress=progress)
+        if self.workers is not None:  # PostgreSQL: the tenants another worker held ran no cycle here
+            board = self.workers.board
+            for t in self.settings.tenants:
+                if t.name not in ended:
+                    ended[t.name] = TenantReport(t.name, held_by=board.held_elsewhere(t.name) or "another worker")
         return CycleReport(started, {t.name: ended[t.name] for t in self.settings.tenants})
 
     async def run(
@@ -316,8 +346,20 @@ class Runtime:
 
         `interval` / `deadline` (seconds) replace every tenant's own interval / deadline (tests, benchmarks).
         `on_start` is called with the tenant's name as each cycle starts, `on_cycle` with its new state after it.
-        Raises only ConfigError or SchemaVersionError (then every loop is cancelled).
+        Raises only ConfigError or SchemaVersionError (then every loop is cancelled). On PostgreSQL only the
+        tenants whose lease this process holds run here (`pipeline.workers`).
         """
+        if self.workers is not None:
+            await self.workers.run(
+                stop,
+                cycles=cycles,
+                interval=interval,
+                deadline=deadline,
+                on_cycle=on_cycle,
+                progress=progress,
+                on_start=on_start,
+            )
+            return
         fatal: list[Exception] = []
         async with anyio.create_task_group() as tg:
             for tenant in self.settings.tenants:
@@ -349,11 +391,13 @@ class Runtime:
         fatal: list[Exception],
         scope: anyio.CancelScope,
         on_start: Callable[[str], None] | None = None,
+        until: anyio.Event | None = None,
     ) -> None:
+        """`until` (a worker handing the tenant over) ends the loop before its next cycle, never inside one."""
         period = self.interval_of(tenant) if interval is None else interval
         budget = self.interval_of(tenant) if deadline is None else deadline
         done = 0
-        while not stop.is_set():
+        while not stop.is_set() and not (until is not None and until.is_set()):
             begun = anyio.current_time()
             last = cycles is not None and done + 1 >= cycles
             if on_start is not None:
@@ -375,7 +419,7 @@ class Runtime:
             if last:
                 return
             with anyio.move_on_after(max(0.0, begun + period - anyio.current_time())):
-                await stop.wait()
+                await (stop.wait() if until is None else _first_of(stop, until))
 
     async def _tenant_cycle(
         self,

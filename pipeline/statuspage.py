@@ -106,6 +106,7 @@ class TenantRow:
     observed: int  # in the last cycle
     freshness_p95: float | None = None  # seconds, over the latest deliveries (`pipeline.freshness`)
     reconcile: str | None = None  # the last scheduled reconcile: "agreed" or its differences per kind
+    holder: str | None = None  # PostgreSQL workers: "this worker", another worker by id and host, or "unheld"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,7 @@ class PageView:
     chart: Sequence[CyclePoint]
     rate: RateUse
     head: int
+    worker: str | None = None  # PostgreSQL: this worker, the live workers and its share of the key
 
 
 # --------------------------------------------------------------------------------------------- from the log
@@ -273,6 +275,7 @@ def build_view(status: Status, log_view: LogView, now: datetime) -> PageView:
     for q in log_view.pending:
         pending_by[q.tenant] = pending_by.get(q.tenant, 0) + 1
     rows = []
+    board = status.board
     for ts in status.tenant_status.values():
         state = ts.state
         waiting = ts.last.waiting if ts.last else 0
@@ -295,6 +298,7 @@ def build_view(status: Status, log_view: LogView, now: datetime) -> PageView:
                 observed=ts.last.observed if ts.last else 0,
                 freshness_p95=_p95(status.recent_freshness.get(ts.name)),
                 reconcile=_reconcile_words(status.states.get(ts.name)),
+                holder=board.holder(ts.name) if board is not None else None,
             )
         )
     t = status.totals
@@ -321,6 +325,10 @@ def build_view(status: Status, log_view: LogView, now: datetime) -> PageView:
         chart=[p for p in status.history if p.ended >= now - timedelta(days=1)],
         rate=status.poweroffice_use(now),
         head=log_view.head,
+        worker=None
+        if board is None
+        else f"{board.me.describe()} · {len(board.workers)} worker(s) live · this one holds"
+        f" {len(board.running)} tenant(s) and sends up to {board.share:g} PowerOffice requests/s",
     )
 
 
@@ -375,6 +383,8 @@ def render_page(view: PageView) -> str:
         f" {e(when(view.started, now))}"
         f" · log head #{view.head} · refreshes every {REFRESH_SECONDS} s</p>",
     ]
+    if view.worker:
+        parts.append(f"<p>{e(view.worker)}</p>")
     loop = "a cycle is running since " + when(view.running_since, now) if view.running_since else view.live
     cls = "" if view.live_ok else " class=bad"
     parts.append(f"<p{cls}>loop: {e(loop)}</p>")
@@ -412,7 +422,9 @@ def _tenants(view: PageView) -> str:
     now = view.now
     out = [
         "<h2>Goods owners</h2><table><tr><th>tenant<th>state<th>last successful sync<th>next cycle"
-        "<th>quarantined<th>pending<th>freshness p95<th>reconcile<th>last cycle</tr>"
+        "<th>quarantined<th>pending<th>freshness p95<th>reconcile<th>last cycle"
+        + ("<th>held by" if any(t.holder is not None for t in view.tenants) else "")
+        + "</tr>"
     ]
     for t in view.tenants:
         words = STATE_WORDS.get(t.state, "")
@@ -423,7 +435,9 @@ def _tenants(view: PageView) -> str:
             f"<td class=n>{t.held}</td><td class=n>{t.pending}</td>"
             f"<td class=n>{'' if t.freshness_p95 is None else f'{t.freshness_p95:.0f} s'}</td>"
             f"<td>{e(t.reconcile or '')}</td>"
-            f"<td class=muted>{t.observed} observed, {t.delivered} delivered, {t.waiting} waiting</td></tr>"
+            f"<td class=muted>{t.observed} observed, {t.delivered} delivered, {t.waiting} waiting</td>"
+            + ("" if t.holder is None else f"<td>{e(t.holder)}</td>")
+            + "</tr>"
         )
     out.append("</table>")
     return "".join(out)

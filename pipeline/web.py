@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import anyio
 from aiohttp import web
@@ -32,6 +33,9 @@ from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.metrics import LimiterView, Metrics
 from pipeline.runtime import CycleReport, TenantReport, TenantState
 from pipeline.serving import serve_app
+
+if TYPE_CHECKING:
+    from pipeline.workers import Board
 
 # How long the log-derived part (quarantined, pending, head) is reused before it is read again: for the page, and
 # for /metrics (scraped every 15-60 s; the quarantine gauges may lag by that much, and the log is spared the reads).
@@ -125,6 +129,7 @@ class Status:
         self._poweroffice_429s = 0
         self._log_view: statuspage.LogView | None = None
         self._log_view_at: datetime | None = None
+        self._board: Callable[[], Board] | None = None  # PostgreSQL workers: who holds which tenant
         self.metrics.listeners.append(self._heard)
 
     # -------------------------------------------------------------------------------- adapter: the loop tells
@@ -135,6 +140,19 @@ class Status:
         self.limiter = limiter
         self.metrics.limiter.limiter = limiter
         self._set_head(await log.max_position())
+
+    def attach_workers(self, board: Callable[[], Board]) -> None:
+        """PostgreSQL: `board()` says which worker holds which tenant (`pipeline.workers`). Only the tenants held
+        here count for `/livez` and `/readyz`; the others are named with their holder."""
+        self._board = board
+
+    @property
+    def board(self) -> Board | None:
+        return self._board() if self._board is not None else None
+
+    def _mine(self, name: str, board: Board | None) -> bool:
+        """Whether this process answers for `name`'s health: always on SQLite; on PostgreSQL while it holds it."""
+        return board is None or board.held_here(name)
 
     def detach(self) -> None:
         """The log is closing: from now on the page and /metrics show what the loops reported, without it."""
@@ -276,7 +294,10 @@ class Status:
     def livez(self) -> tuple[bool, str]:
         now = self.clock()
         stuck = []
+        board = self.board
         for name, since in self.running.items():
+            if not self._mine(name, board):
+                continue  # handed over or lost: its cycle here was cut short and will not report
             quiet = now - max(since, self.progress.get(name, since))
             if quiet > self.stall:
                 first = self.tenant_status[name].last is None if name in self.tenant_status else False
@@ -296,7 +317,7 @@ class Status:
         late = []
         for name in self.tenant_status:
             due = self.next_by_tenant.get(name, default)
-            if name not in self.running and now - due > self.stall:
+            if name not in self.running and now - due > self.stall and self._mine(name, board):
                 late.append(
                     f"{name}: no cycle has started since {due:%H:%M:%S} (due {int((now - due).total_seconds())} s ago)"
                 )
@@ -305,6 +326,9 @@ class Status:
         return True, "ok"
 
     def readyz(self) -> tuple[bool, str]:
+        board = self.board
+        if board is not None:  # a tenant another worker holds (or nobody yet) is not this worker's readiness
+            return self._readyz_worker(board)
         states = [(t.name, t.state, t.last_error) for t in self.tenant_status.values()]
         bad = [name for name, state, _ in states if state in NOT_READY]
         lines = [
@@ -316,6 +340,25 @@ class Status:
             return True, "starting\n" + "\n".join(lines)
         return True, "ready\n" + "\n".join(lines)
 
+    def _readyz_worker(self, board: Board) -> tuple[bool, str]:
+        """`/readyz` of a PostgreSQL worker: its own id first, then each tenant with its holder; only the tenants
+        held here can make it unready."""
+        mine = [t for t in self.tenant_status.values() if board.held_here(t.name)]
+        bad = [t.name for t in mine if t.state in NOT_READY]
+        lines = [
+            f"{board.me.describe()}: {len(mine)} of {len(self.tenant_status)} tenants held here,"
+            f" {len(board.workers)} worker(s) live, {board.share:g} PowerOffice requests/s here"
+        ]
+        for t in self.tenant_status.values():
+            if board.held_here(t.name):
+                err = f" ({t.last_error})" if t.state in NOT_READY and t.last_error else ""
+                lines.append(f"{t.name}: {t.state}{err} · this worker")
+            else:
+                lines.append(f"{t.name}: {board.holder(t.name)}")
+        if bad:
+            return False, "not ready: " + ", ".join(bad) + "\n" + "\n".join(lines)
+        return True, ("ready\n" if mine else "ready (holds no tenant now)\n") + "\n".join(lines)
+
     # ---------------------------------------------------------------------------------------------- the page
 
     def poweroffice_use(self, now: datetime) -> statuspage.RateUse:
@@ -325,8 +368,9 @@ class Status:
         last10 = sum(1 for t in recent if t >= now - timedelta(seconds=10))
         base = now.timestamp()
         peak = max_in_window([t.timestamp() - base for t in recent]) if recent else 0
+        board = self.board  # a PostgreSQL worker counts its own requests against its share of the key
         return statuspage.RateUse(
-            limit=self.requests_per_second,
+            limit=self.requests_per_second if board is None else board.share,
             last_10s=last10 / 10.0,
             peak_second=peak,
             queued=self.limiter.waiting if self.limiter is not None else 0,
@@ -367,6 +411,11 @@ def create_app(status: Status) -> web.Application:
         await status.log_view(METRICS_LOG_VIEW_TTL)  # the quarantine gauges
         if status.log is not None:
             status.metrics.log_head.set(await status.log.max_position())
+        board = status.board
+        if board is not None:
+            status.metrics.workers_live.set(len(board.workers))
+            status.metrics.tenants_held.set(len(board.running))
+            status.metrics.worker_share.set(board.share)
         # Tens of thousands of lines with a thousand tenants: rendered in a thread, so the loops go on meanwhile.
         body = await anyio.to_thread.run_sync(generate_latest, status.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -87,6 +87,7 @@ class RateLimiter:
         self.requests_per_second = float(requests_per_second)
         self.capacity = max(1, math.floor(requests_per_second + 1e-9))
         self.window = max(1.0, self.capacity / requests_per_second) + window_margin
+        self._margin = window_margin
         self._clock = clock
         self._sleep = sleep
         self._held: deque[Grant] = deque()  # grants still holding a place, oldest start first
@@ -116,6 +117,21 @@ class RateLimiter:
         since = self._clock() - max(self._cut_at, self._paused_until)
         grown = math.floor(max(0.0, since) / (self.window * RECOVERY_WINDOWS) + 1e-9)
         return min(self.capacity, self._cut_to + grown)
+
+    def set_rate(self, requests_per_second: float) -> None:
+        """Change the limit from the next grant on (a worker's share of the key, `pipeline.workers`). Places
+        already held stay held for their window, so lowering the rate slows the next starts at once; a 429 cut in
+        force stays (its pace still grows back, now towards the new limit)."""
+        if not requests_per_second > 0:
+            raise ValueError(f"requests_per_second must be positive, got {requests_per_second}")
+        if requests_per_second == self.requests_per_second:
+            return
+        uncut = self._cut_to >= self.capacity
+        self.requests_per_second = float(requests_per_second)
+        self.capacity = max(1, math.floor(requests_per_second + 1e-9))
+        self.window = max(1.0, self.capacity / requests_per_second) + self._margin
+        self._cut_to = self.capacity if uncut else min(self._cut_to, self.capacity)
+        self._answered.set()  # a dispatcher waiting for an answer looks again at the new limit
 
     def pause(self, seconds: float) -> None:
         """Grant nothing on this key for `seconds` from now (extends, never shortens, a running pause)."""

@@ -12,7 +12,8 @@ What it does (paths are under `/{warehouse}/api/v1`):
   one that has waited `write_queue_timeout` seconds fails with 500 `{"Message": "An error has occurred."}`, the
   only failure body seen from the live server. `write_latency` is the time each write holds its turn (counted
   from its arrival or the end of the previous write, whichever is later); `write_latencies[goods_owner_id]`
-  sets it for one goods owner.
+  sets it for one goods owner. `overlapping_writes()` counts the writes that arrived while another write of their
+  goods owner was still at the server, from any connection (two processes writing one goods owner).
 - Orders start at status 200 (Open); `set_order_status` moves them. At status ≥ 300 the warehouse has started and
   an update is refused with 400. A line whose article number the goods owner does not have is refused with 400.
   Guesses, because the notes could not settle them: an update replaces the order lines with the ones sent, and an
@@ -148,6 +149,7 @@ class _Owner:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     in_flight: int = 0
     peak_in_flight: int = 0
+    overlaps: int = 0  # writes that arrived while another write of this goods owner was at the server
     turn_free_at: float = 0.0  # monotonic time the last write released the turn
 
 
@@ -269,6 +271,12 @@ class FakeOngoing:
     def peak_in_flight(self, goods_owner_id: int) -> int:
         """The most writes for the goods owner that were ever at the server at once (queued or processing)."""
         return self.owner(goods_owner_id).peak_in_flight
+
+    def overlapping_writes(self, goods_owner_id: int | None = None) -> int:
+        """Writes that arrived while another write of the same goods owner was still at the server (queued or
+        processing), from any connection or process: 0 means the goods owner never saw two writers at once."""
+        owners = self._owners.values() if goods_owner_id is None else [self.owner(goods_owner_id)]
+        return sum(o.overlaps for o in owners)
 
     def writes(self, goods_owner_id: int | None = None, entity: str | None = None) -> list[OngoingRequest]:
         """Logged writes, optionally for one goods owner and/or entity (`article:A1`, `order:O1`)."""
@@ -429,6 +437,7 @@ class FakeOngoing:
         owner = self.owner(goods_owner_id)
         owner.in_flight += 1
         owner.peak_in_flight = max(owner.peak_in_flight, owner.in_flight)
+        owner.overlaps += owner.in_flight > 1
         try:
             try:
                 with anyio.fail_after(self.write_queue_timeout):

@@ -163,6 +163,12 @@ class FakePowerOffice:
     def company(self, client_key: str) -> Company:
         return self._companies[client_key]
 
+    def arrivals(self, subscription_key: str) -> list[float]:
+        """When each logged request with this subscription key arrived (the `monotonic` clock), 429s included:
+        `pipeline.clients.ratelimit.max_in_window` of them is the key's peak rate as the server counted it."""
+        tag = key_tag(subscription_key)
+        return [r.at for r in self.requests if r.key is not None and r.key.split("/", 1)[0] == tag]
+
     def requests_of(self, client_key: str) -> list[LoggedRequest]:
         """The logged requests made with this client key (token calls included)."""
         tag = "/" + key_tag(client_key)
