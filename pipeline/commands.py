@@ -32,6 +32,7 @@ from pipeline.runtime import EXIT_CYCLE_FAILED, CycleReport, Runtime, TenantStat
 
 if TYPE_CHECKING:
     from pipeline.eventlog import AnyLog
+    from pipeline.runtime import TenantReport
     from pipeline.web import Status
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ async def run_forever(
         status.record_tenant(state)
         if state.report is not None and state.last_started is not None and state.last_ended is not None:
             log_tenant_cycle(state.report, (state.last_ended - state.last_started).total_seconds())
-        if state.report is not None:
+        if state.report is not None and not _quiet(state.report):  # a table costs ms: a thousand tenants, seconds
             out.print_cycle(console, CycleReport(state.last_started or clock(), {state.name: state.report}), "cycle")
         if state.report is not None and state.report.cycle_error is not None:
             console.print(f"{state.name}: cycle failed: {state.last_error}", markup=False, highlight=False)
@@ -173,6 +174,12 @@ async def run_forever(
     finally:
         status.detach()
     return 0
+
+
+def _quiet(report: TenantReport) -> bool:
+    """The cycle read nothing new, queued, sent or skipped nothing, and nothing waits, failed or stands."""
+    counts = (report.observed, report.commands, report.delivered, report.skipped, report.failed, report.waiting)
+    return report.result == "ok" and not any(counts) and not report.degraded and not report.deadline_reached
 
 
 async def _relay(stop: anyio.Event, epoch: anyio.Event) -> None:

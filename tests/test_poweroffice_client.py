@@ -193,6 +193,40 @@ async def test_token_expiring_mid_run_is_renewed_once_and_the_page_retried() -> 
     ]
 
 
+class QueuedLimiter(RecordingLimiter):
+    """Each grant comes `wait` seconds (on the test's clocks) after it was asked for: a thousand tenants ahead."""
+
+    def __init__(self, rps: float, advance: Callable[[float], None], wait: float) -> None:
+        super().__init__(rps)
+        self.advance = advance
+        self.wait = wait
+
+    async def acquire(self, tenant: str) -> Grant:
+        self.advance(self.wait)
+        return await super().acquire(tenant)
+
+
+@pytest.mark.anyio
+async def test_a_token_is_read_when_its_request_may_start_not_before_its_wait_at_the_limiter() -> None:
+    """With a thousand tenants on one key a grant comes ~100 s after it was asked for, longer than the renewal
+    margin. A token that was valid when the request began to wait, but is due for renewal when the request may
+    start, is renewed with that grant, and the call then goes with the fresh token: no request is spent on a 401."""
+    clock, wall = Monotonic(), WallClock()
+
+    def advance(seconds: float) -> None:
+        clock.now += seconds
+        wall.now += timedelta(seconds=seconds)
+
+    fake = make_fake(clock=wall, token_ttl=1200)
+    async with rig(fake, clock=clock) as r:
+        tenant = r.tenant()
+        await all_pages(tenant.product_groups())  # a token: renewed from 1140 s on, expired at 1200 s
+        r.client.limiter = QueuedLimiter(1000, advance, 100.0)
+        advance(1110)  # 30 s before its renewal: still good to start waiting with
+        await all_pages(tenant.product_groups())
+    assert calls(fake)[2:] == [("POST", "/oauth/token", 200), ("GET", "/v2/productgroups", 200)]
+
+
 @pytest.mark.anyio
 async def test_token_is_renewed_ahead_of_its_expiry() -> None:
     """Once `expires_in` minus the renewal margin has passed on the client's clock, a new token is fetched

@@ -52,6 +52,37 @@ async def test_repoll_without_changes_appends_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_an_overlap_reread_of_unchanged_products_costs_one_request(tmp_path: Path) -> None:
+    """A poll whose delta only re-reads products unchanged since their last observation (the overlap always
+    re-reads the newest) reads no groups: each keeps its group. A changed product brings the groups back, and its
+    new group is observed."""
+    async with world(tmp_path) as w:
+        await w.products()
+        company = w.fake.company(ACME)
+        newest = goods(w)[-1]
+        product = company.product_by_code(newest)
+        w.clock.advance(minutes=1)  # still inside the overlap: the newest product is read again
+        mark = len(w.fake.requests)
+        again = await w.products()
+        quiet_calls = w.requests_since(mark)
+        w.clock.advance(minutes=1)
+        other = next(g for g in company.product_groups.values() if g["Id"] != product["ProductGroupId"])
+        w.fake.update_product(ACME, newest, ProductGroupId=other["Id"])
+        w.clock.advance(minutes=1)
+        mark = len(w.fake.requests)
+        changed = await w.products()
+        changed_calls = w.requests_since(mark)
+        latest = await w.log.latest([ProductObserved.TYPE], tenant="acme", entity=f"product:{product['Id']}")
+    assert again.seen >= 1
+    assert again.observed == 0
+    assert quiet_calls == ["/v2/products"]
+    assert changed.observed == 1
+    assert changed_calls == ["/v2/products", "/v2/productgroups"]
+    (head,) = latest.values()
+    assert head.event.group == other
+
+
+@pytest.mark.anyio
 async def test_records_sharing_the_cursor_timestamp_are_neither_lost_nor_duplicated(tmp_path: Path) -> None:
     """Products stamped with the cursor's exact timestamp that appear only after a poll (replica lag) are
     picked up by the overlap; those already seen are not appended again."""

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from pipeline.commands import run_forever
 from pipeline.fakes.world import fake_world
-from pipeline.runtime import CycleReport, TenantReport
+from pipeline.runtime import CycleReport, TenantReport, TenantState
 from pipeline.web import Status
 
 
@@ -53,6 +53,22 @@ async def test_run_serves_health_and_metrics_and_stops_cleanly(tmp_path: Path) -
                     assert world.tenants[0].name in await resp.text()
             stop.set()
         assert result == [0]
+
+
+@pytest.mark.anyio
+async def test_run_shows_on_the_console_only_the_cycles_that_did_something(tmp_path: Path) -> None:
+    """A tenant's cycle that read, wrote, waited or failed gets its table on the console; an unchanged one prints
+    nothing there (its INFO log line says it), so a thousand quiet goods owners cost no rendering."""
+    async with fake_world(2, products=6, customers=3, invoices=4, requests_per_second=1000) as world:
+        settings = dataclasses.replace(world.settings(tmp_path / "p.db", requests_per_second=1000), status_port=0)
+        out = io.StringIO()
+        states: list[TenantState] = []
+        code = await run_forever(Console(file=out, width=200), settings, cycles=3, interval=0, cycled=states.append)
+    assert code == 0
+    busy = [s for s in states if s.report is not None and s.report.observed]
+    assert len(states) == 6
+    assert len(busy) == 2  # each tenant's first cycle; the next two are unchanged
+    assert out.getvalue().count("cycle started") == len(busy)
 
 
 def test_health_turns_red_when_cycles_stop_or_setup_fails() -> None:

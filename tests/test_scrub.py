@@ -92,6 +92,20 @@ def test_rule13_known_secrets_are_scrubbed_in_every_form() -> None:
     assert scrub("fabc", extra=["abc"]) == f"f{REDACTED}"  # the edge passes a request's own, any length
 
 
+def test_rule13_each_of_thousands_of_known_secrets_goes_wherever_it_sits() -> None:
+    """A thousand tenants' keys and tokens: each goes at the start, the end or inside a word of a text; one inside a
+    longer one goes with it; a tail shorter than the index's key and a near miss stay."""
+    keys = [f"tenant-key-{i}" for i in range(1000)]
+    remember_secrets(*keys)
+    tokens = [f"tok{i:04d}xyz" for i in range(300)]  # more than the recent ones kept: the newest stay
+    remember_secrets(*tokens, pinned=False)
+    assert scrub(f"{keys[7]} and {keys[77]}x and x{keys[777]}") == f"{REDACTED} and {REDACTED}x and x{REDACTED}"
+    assert scrub(f"{keys[70]}{keys[7]}") == REDACTED * 2
+    assert scrub(f"a {tokens[-1]} b {tokens[0]}") == f"a {REDACTED} b {tokens[0]}"
+    assert scrub("tenant-key-") == "tenant-key-"
+    assert scrub("ten") == "ten"
+
+
 def test_rule13_trim_scrubs_a_secret_across_the_cut_and_stays_linear() -> None:
     """trim() scrubs before cutting: a secret that starts just before the limit leaves no prefix behind; a huge
     body costs no more than its first part."""

@@ -19,7 +19,7 @@ from pipeline.clients.http import RetryPolicy
 from pipeline.config import Secret, load_settings
 from pipeline.fakes.faults import Fault
 from pipeline.fakes.world import World, fake_world
-from pipeline.runtime import CycleReport, Runtime, TenantReport
+from pipeline.runtime import CycleReport, Runtime, TenantReport, TenantState
 from pipeline.serving import serve_app
 from pipeline.statuspage import MAX_BARS, chart_svg, render_page
 from pipeline.web import CyclePoint, Status, create_app
@@ -333,6 +333,54 @@ def test_page_totals_rate_and_chart_from_reports() -> None:
     page = render_page(view)
     assert "2.0 of 10 requests/s" in page
     assert "the last cycle failed: disk full" in page
+
+
+def test_chart_history_keeps_a_point_per_ten_seconds_however_many_tenants_cycle() -> None:
+    """Each tenant's loop reports its own cycles: a thousand tenants ending cycles together make one point per ten
+    seconds (their sums), not a thousand, so a day of history stays small. A failed cycle keeps its own point."""
+    clock = Clock()
+    names = [f"t{i}" for i in range(1000)]
+    status = Status(900, clock, tenants=names)
+    for round_ in range(2):
+        for i, name in enumerate(names):
+            clock.now = T0 + timedelta(seconds=30 * round_, milliseconds=5 * i)  # 5 s of answers per round
+            report = TenantReport(name, observed=2, delivered=1)
+            status.record_tenant(TenantState(name, 900, report=report, last_started=T0, last_ended=clock()))
+    status.cycle_failed("disk full", clock(), ["t0"])
+    assert [(p.events, p.delivered, p.failed) for p in status.history] == [
+        (3000, 1000, False),
+        (3000, 1000, False),
+        (0, 0, True),
+    ]
+
+
+@pytest.mark.anyio
+async def test_metrics_are_rendered_off_the_event_loop() -> None:
+    """/metrics of a thousand tenants is tens of thousands of lines (a second of CPU): it is rendered in a thread, so
+    the tenants' loops (and the rate limiter's grants) go on meanwhile."""
+    import threading
+
+    import pipeline.web
+
+    loop_thread = threading.get_ident()
+    rendered_on: list[int] = []
+    real = pipeline.web.generate_latest
+
+    def recording(registry: Any) -> bytes:
+        rendered_on.append(threading.get_ident())
+        return real(registry)
+
+    status = Status(60, Clock(), tenants=["a"])
+    pipeline.web.generate_latest = recording  # type: ignore[assignment]
+    try:
+        async with serve_app(create_app(status), "127.0.0.1", 0) as origin:
+            code, text = await get(f"{origin}/metrics")
+    finally:
+        pipeline.web.generate_latest = real
+    assert code == 200
+    assert "pipeline_build_info" in text
+    assert rendered_on
+    assert loop_thread not in rendered_on
 
 
 def test_chart_merges_cycles_beyond_its_width() -> None:

@@ -43,7 +43,7 @@ import orjson
 from pipeline.clients.http import Attempts, Response, RetryPolicy, retrying, send
 from pipeline.clients.lenient_json import Page as Page  # re-exported: the pages this client yields
 from pipeline.clients.lenient_json import parse_page
-from pipeline.clients.ratelimit import RateLimiter
+from pipeline.clients.ratelimit import Grant, RateLimiter
 from pipeline.config import PowerOfficeSettings, TenantSettings
 from pipeline.errors import AuthError, PermanentApiError, RateLimitedError, remember_secrets
 
@@ -171,20 +171,29 @@ class PowerOfficeClient:
 
     # -------------------------------------------------------------------------------------------- token cache
 
-    async def _token(self, handle: TenantPowerOffice, *, stale: str | None = None) -> str:
-        """A valid access token for the handle's client key; `stale` is one the server just refused."""
+    async def _token(
+        self, handle: TenantPowerOffice, grant: Grant, *, stale: str | None = None
+    ) -> tuple[str, Grant | None]:
+        """A valid access token for the handle's client key, read once the caller holds `grant` (its place at the
+        limiter, so the token is as fresh as the moment its request may start: waiting for a place can outlast the
+        renewal margin when many tenants share the key). A renewal is sent with that grant; the grant is given back
+        when none was needed, else None (the caller waits for another). `stale` is one the server just refused."""
         slot = handle.key_id
         lock = self._token_locks.setdefault(slot, anyio.Lock())
-        async with lock:  # one token request per client key at a time; the others reuse its answer
-            cached = self._tokens.get(slot)
-            if cached is not None and cached.value != stale and self.clock() < cached.renew_at:
-                return cached.value
-            self._tokens.pop(slot, None)
-            token = await self._fetch_token(handle)
-            self._tokens[slot] = token
-            return token.value
+        try:
+            async with lock:  # one token request per client key at a time; the others reuse its answer
+                cached = self._tokens.get(slot)
+                if cached is not None and cached.value != stale and self.clock() < cached.renew_at:
+                    return cached.value, grant
+                self._tokens.pop(slot, None)
+                token = await self._fetch_token(handle, grant)
+                self._tokens[slot] = token
+                return token.value, None
+        except BaseException:
+            self.limiter.release(grant)  # (a no-op once the token request has released it)
+            raise
 
-    async def _fetch_token(self, handle: TenantPowerOffice) -> _Token:
+    async def _fetch_token(self, handle: TenantPowerOffice, grant: Grant) -> _Token:
         tenant = handle.tenant
         pair = f"{self.settings.application_key.reveal()}:{tenant.poweroffice_client_key.reveal()}"
         headers = {
@@ -198,6 +207,7 @@ class PowerOfficeClient:
                 "POST",
                 self.settings.token_url,
                 self._token_path,
+                grant=grant,
                 headers=headers,
                 data=b"grant_type=client_credentials",
             )
@@ -250,10 +260,12 @@ class TenantPowerOffice:
 
     # ------------------------------------------------------------------------------------------- the edge
 
-    async def _send(self, method: str, url: str, path: str, **kwargs: Any) -> Response:
-        """One HTTP request after the key's limiter lets it start; a 429 pauses the whole key and slows it."""
+    async def _send(self, method: str, url: str, path: str, *, grant: Grant | None = None, **kwargs: Any) -> Response:
+        """One HTTP request after the key's limiter lets it start (or with `grant`, a place already held, which
+        this releases); a 429 pauses the whole key and slows it."""
         client = self.client
-        grant = await client.limiter.acquire(self.tenant.name)
+        if grant is None:
+            grant = await client.limiter.acquire(self.tenant.name)
         self.requests += 1
         try:
             return await send(
@@ -287,19 +299,26 @@ class TenantPowerOffice:
         """An authorised API request, retried while transient; one token renewal on a 401."""
         client = self.client
 
+        async def authorised(stale: str | None, used: list[str]) -> Response:
+            # The token is read once the request holds its place: see `PowerOfficeClient._token`.
+            grant = await client.limiter.acquire(self.tenant.name)
+            token, left = await client._token(self, grant, stale=stale)
+            used.append(token)
+            args = self._request_args(token, params, body, content_type)
+            return await self._send(method, url, path, grant=left, **args)
+
         async def once() -> Response:
-            token = await client._token(self)
+            used: list[str] = []
             try:
-                return await self._send(method, url, path, **self._request_args(token, params, body, content_type))
+                return await authorised(None, used)
             except PermanentApiError as exc:
                 if exc.status == 403 and not isinstance(exc, AuthError):
                     raise self._refused(method, path, exc) from exc
-                if exc.status != 401:
+                if exc.status != 401 or not used:  # (a refused token request is an AuthError already)
                     raise
             # The server refused a token we held for valid (expired early, revoked): renew once, retry once.
-            token = await client._token(self, stale=token)
             try:
-                return await self._send(method, url, path, **self._request_args(token, params, body, content_type))
+                return await authorised(used[-1], used)
             except PermanentApiError as exc:
                 if exc.status == 403 and not isinstance(exc, AuthError):
                     raise self._refused(method, path, exc) from exc

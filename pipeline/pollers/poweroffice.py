@@ -312,7 +312,10 @@ async def poll_products(
     else:
         changed_after = cursor.stored - overlap
         delta = [page async for page in client.products(changed_after=changed_after)]
-        groups = await _groups(client) if any(delta) else {}  # an idle poll costs one request
+        # An idle poll costs one request; so does one that only re-reads its overlap unchanged (each product
+        # keeps the group it was last observed with). Any other product needs the groups.
+        known = await _known_groups(log, tenant, delta)
+        groups = known if known is not None else await _groups(client)
         for page in delta:
             cursor.page(page)
             await writer.page(_product_events(page, groups, tenant, cursor, rejections))
@@ -320,6 +323,40 @@ async def poll_products(
             seen += page.size
     requests = client.requests - requests_before
     return await _finish(writer, PRODUCTS_CURSOR, tenant, cursor, seen, pages, requests, rejections.count)
+
+
+async def _known_groups(log: EventLog, tenant: TenantSettings, delta: list[Page]) -> dict[int, JsonObject] | None:
+    """The groups of a delta whose every product equals its last observation but for the stock fields (the
+    overlap re-reading what it saw), taken from those observations; None when any product is new, changed or
+    unreadable, or was observed without the group it names: then the groups are read from the server."""
+    products = [product for page in delta for product in page]
+    if any(page.rejected for page in delta):
+        return None
+    entities: dict[str, JsonObject] = {}
+    for product in products:
+        pid = _int_id(product.get("Id"))
+        if pid is None:
+            return None
+        entities[f"product:{pid}"] = product
+    if not entities:
+        return {}
+    heads = await log.latest([ProductObserved.TYPE], tenant=tenant.name, entities=list(entities))
+    groups: dict[int, JsonObject] = {}
+    for entity, product in entities.items():
+        head = heads.get((tenant.name, entity))
+        if head is None or not isinstance(head.event, ProductObserved):
+            return None
+        seen = head.event
+        if product_identity(ProductObserved(product, seen.group)) != product_identity(seen):
+            return None
+        group_id = _group_id(product.get("ProductGroupId"))
+        if isinstance(group_id, MappingError):
+            return None
+        if group_id is not None:
+            if seen.group is None:
+                return None
+            groups[group_id] = seen.group
+    return groups
 
 
 async def _groups(client: TenantPowerOffice) -> dict[int, JsonObject]:
