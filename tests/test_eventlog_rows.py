@@ -1,5 +1,6 @@
-"""Decoding stored rows into events (`pipeline.eventlog.rows`, shared by both stores): the fast constructors give
-exactly what the dataclasses give, and every bad row is a CodecError."""
+"""Events to rows and back (`pipeline.eventlog.rows`, shared by both stores): the page-at-once encoder writes
+exactly what the codec writes, the fast constructors give exactly what the dataclasses give, and every event that
+cannot be written or row that cannot be read is a CodecError."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pipeline import events as ev
 from pipeline.errors import CodecError
 from pipeline.eventlog import sqlite as sqlite_log
 from pipeline.eventlog.base import NewEvent, StoredEvent
-from pipeline.eventlog.rows import builder, decode_rows
+from pipeline.eventlog.rows import builder, decode_rows, encode_columns
 from pipeline.eventlog.sqlite import SqliteEventLog, parse_time
 from tests.eventlog_contract import product
 from tests.test_eventlog_sqlite import _strategy_for
@@ -164,3 +165,64 @@ async def test_read_payloads_are_the_stored_text(tmp_path: Path) -> None:
         assert await log.query("SELECT typeof(payload), payload FROM events") == [
             ("text", '{"product":{"Name":"grå"},"group":null}')
         ]
+
+
+@pytest.mark.parametrize("type_name", sorted(ev.registry()))
+def test_every_registered_type_encodes_as_the_codec_does(type_name: str) -> None:
+    """A page of one class (encoded page-at-once) and a mixed page (one by one) both store the codec's bytes."""
+    cls = ev.registry()[type_name]
+
+    @settings(max_examples=40, deadline=None)
+    @given(_strategy_for(cls))
+    def check(event: ev.Event) -> None:
+        page = [NewEvent("acme", "x:1", event, "k1", 5, 2), NewEvent("acme", "x:2", event, "k2")]
+        mixed = [*page, NewEvent("acme", "e:1", ev.EntityRedriven("r", "op"), "k3")]
+        for events in (page, mixed):
+            cols = encode_columns(events)
+            assert [list(c) for c in zip(*cols, strict=True)][:2] == [
+                ["acme", "x:1", type_name, cls.VERSION, ev.encode(event).decode(), 5, 2, "k1"],
+                ["acme", "x:2", type_name, cls.VERSION, ev.encode(event).decode(), None, None, "k2"],
+            ]
+
+    check()
+
+
+def test_an_empty_page_has_empty_columns() -> None:
+    assert encode_columns([]) == ((),) * 8
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_unencodable_events_are_named(mixed: bool) -> None:
+    """The CodecError names the first event that cannot be written, whether its page is of one class or not."""
+    good = NewEvent("acme", "article:A", ev.ArticleUpsertRequested(body={"v": 1.0}), "k1")
+    bad = NewEvent("acme", "article:B", ev.ArticleUpsertRequested(body={"v": float("nan")}), "k2")
+    other = NewEvent("acme", "e:1", ev.EntityRedriven("r", "op"), "k3")
+    with pytest.raises(CodecError, match=r"cannot encode article\.upsert_requested for acme/article:B: .*NaN"):
+        encode_columns([good, other, bad] if mixed else [good, bad])
+    unparsed = NewEvent("acme", "product:1", ev.ProductObserved({"x": {1, 2}}), "k4")
+    with pytest.raises(CodecError, match=r"cannot encode product\.observed for acme/product:1"):
+        encode_columns([unparsed])
+
+
+def test_an_unregistered_class_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Stray(ev.Event):
+        TYPE: ClassVar[str] = "test.rows.stray"
+
+    with pytest.raises(CodecError, match="Stray is not a registered event class"):
+        encode_columns([NewEvent("acme", "s:1", Stray(), "k")])
+
+
+def test_fields_orjson_would_leave_out_are_written() -> None:
+    """orjson skips a dataclass's "_" fields when given the event itself; such a class is encoded field by field."""
+
+    @ev.register
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Private(ev.Event):
+        TYPE: ClassVar[str] = "test.rows.private"
+        FROM_JSON: ClassVar[bool] = True
+        record: dict[str, Any]
+        _note: str
+
+    event = Private({"a": 1}, "kept")
+    assert encode_columns([NewEvent("acme", "p:1", event, "k")])[4] == ['{"record":{"a":1},"_note":"kept"}']

@@ -28,14 +28,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import orjson
 
-from pipeline.errors import CodecError, SchemaVersionError, StoreError
+from pipeline.errors import SchemaVersionError, StoreError
 from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent
 from pipeline.eventlog.paging import nothing, read_ahead
-from pipeline.eventlog.rows import decode_rows
+from pipeline.eventlog.rows import decode_rows, encode_columns
 from pipeline.eventlog.sqlite import HeadsRebuilt
-from pipeline.events import ROW_META, encode
 
 Clock = Callable[[], datetime]
 
@@ -185,28 +183,6 @@ def redact(dsn: str) -> str:
     userinfo, _, host = rest.rpartition("@")
     user = userinfo.split(":", 1)[0]
     return f"{head}://{user}@{host}" if user else f"{head}://{host}"
-
-
-def encode_columns(events: Sequence[NewEvent]) -> list[list[Any]]:
-    """The append's eight column arrays (tenant … dedupe_key), encoding every event first (CodecError else)."""
-    cols: list[list[Any]] = [[], [], [], [], [], [], [], []]
-    tenants, entities, types, versions, payloads, causations, mappings, keys = cols
-    dumps = orjson.dumps
-    for tenant, entity, ev, dedupe_key, causation, mapping_version in events:
-        type_, version, from_json, fields = ROW_META[ev.__class__]
-        try:
-            payload = (dumps(fields(ev)) if from_json else encode(ev)).decode()
-        except (TypeError, CodecError) as exc:
-            raise CodecError(f"cannot encode {type_} for {tenant}/{entity}: {exc}") from exc
-        tenants.append(tenant)
-        entities.append(entity)
-        types.append(type_)
-        versions.append(version)
-        payloads.append(payload)
-        causations.append(causation)
-        mappings.append(mapping_version)
-        keys.append(dedupe_key)
-    return cols
 
 
 class _Params:

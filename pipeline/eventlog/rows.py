@@ -1,6 +1,11 @@
-"""Rows of `events` into `StoredEvent`s, shared by both stores: a scan's cost is this loop.
+"""Events to rows of `events` and back, shared by both stores: an append's and a scan's own cost is here.
 
-A row is `(position, recorded_at, tenant, entity, type, schema_version, payload, causation, mapping_version,
+Writing: `encode_columns` turns a page of `NewEvent`s into the table's columns. A page of one event class (what a
+poller appends) is encoded in a chain of `map`s with no Python-level loop: the envelope is transposed by `zip`, and
+events parsed from JSON go from `to_dict` straight to orjson (they cannot hold NaN). Other events go through the
+checking codec (`encode`).
+
+Reading: a row is `(position, recorded_at, tenant, entity, type, schema_version, payload, causation, mapping_version,
 dedupe_key)`; the payload is JSON as bytes or text. The common case (the current schema version, a payload with
 exactly the event's fields) is inlined: each event is built by a constructor made for its class, which fills the
 slots without the dataclass `__init__` and its keyword binding; anything else (an older version to upcast, a field
@@ -11,17 +16,21 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 
 from pipeline.errors import CodecError
-from pipeline.eventlog.base import StoredEvent
-from pipeline.events import Event, JsonObject, decode_dict, event_class
+from pipeline.eventlog.base import NewEvent, StoredEvent
+from pipeline.events import ROW_META, Event, JsonObject, decode_dict, encode, event_class
 
 Build = Callable[[JsonObject], Event]
+Encoder = Callable[[Any], bytes]
+
+# event class -> (type name, schema version, payload encoder); filled as classes are met
+_WRITERS: dict[type[Event], tuple[str, int, Encoder]] = {}
 
 # type name -> (current schema version, constructor from a payload dict); filled as types are met
 _KINDS: dict[str, tuple[int, Build]] = {}
@@ -108,3 +117,61 @@ def decode_rows(
             )
         )
     return out
+
+
+def _writer(cls: type[Event]) -> tuple[str, int, Encoder]:
+    meta = ROW_META.get(cls)
+    if meta is None:
+        raise CodecError(f"{cls.__name__} is not a registered event class")
+    encoder: Encoder = encode  # may hold NaN or infinities: the codec refuses them
+    if meta.from_json:  # parsed from JSON: nothing to refuse, the field dict goes to orjson as it is
+        to_dict, dumps = meta.to_dict, orjson.dumps
+        encoder = lambda event: dumps(to_dict(event))  # noqa: E731
+    writer = _WRITERS[cls] = (meta.type, meta.version, encoder)
+    return writer
+
+
+Columns = tuple[Sequence[Any], ...]
+
+
+def encode_columns(events: Sequence[NewEvent]) -> Columns:
+    """The columns `(tenant, entity, type, schema_version, payload, causation, mapping_version, dedupe_key)` of the
+    rows storing `events`, each a sequence in the events' order; payloads are JSON text. Raises CodecError, naming
+    the first event that cannot be encoded, before anything is written."""
+    if not events:
+        return ((),) * 8
+    tenants, entities, evs, keys, causations, mappings = zip(*events, strict=True)
+    classes = set(map(type, evs))
+    writers = _WRITERS
+    try:
+        if len(classes) == 1:
+            (cls,) = classes
+            type_, version, encoder = writers.get(cls) or _writer(cls)
+            meta = ROW_META[cls]
+            encoded = map(orjson.dumps, map(meta.to_dict, evs)) if meta.from_json else map(encoder, evs)
+            payloads = list(map(bytes.decode, encoded))
+            types_: Sequence[str] = [type_] * len(evs)
+            versions: Sequence[int] = [version] * len(evs)
+        else:
+            types_, versions, payloads = [], [], []
+            for ev in evs:
+                type_, version, encoder = writers.get(type(ev)) or _writer(type(ev))
+                types_.append(type_)
+                versions.append(version)
+                payloads.append(encoder(ev).decode())
+    except (TypeError, CodecError) as exc:  # orjson.JSONEncodeError is a TypeError
+        _name_the_unencodable(events)
+        raise CodecError(f"cannot encode the events: {exc}") from exc
+    return tenants, entities, types_, versions, payloads, causations, mappings, keys
+
+
+def _name_the_unencodable(events: Iterable[NewEvent]) -> None:
+    """Raise CodecError for the first of `events` that cannot be encoded, naming its tenant and entity."""
+    for tenant, entity, ev, *_ in events:
+        try:
+            encoder = (_WRITERS.get(type(ev)) or _writer(type(ev)))[2]
+            encoder(ev)
+        except (TypeError, CodecError) as exc:
+            raise CodecError(
+                f"cannot encode {getattr(ev, 'TYPE', type(ev).__name__)} for {tenant}/{entity}: {exc}"
+            ) from exc

@@ -26,18 +26,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
 
 import aiosqlite
 import anyio
-import orjson
 
-from pipeline.errors import CodecError, SchemaVersionError, StoreError
+from pipeline.errors import SchemaVersionError, StoreError
 from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent
 from pipeline.eventlog.paging import nothing, read_ahead
-from pipeline.eventlog.rows import decode_rows
-from pipeline.events import ROW_META, encode
+from pipeline.eventlog.rows import decode_rows, encode_columns
 
 Clock = Callable[[], datetime]
 OpenMode = Literal["create", "migrate", "existing"]
@@ -578,21 +577,6 @@ class SqliteEventLog:
 
     # ------------------------------------------------------------------------------------------------ writing
 
-    def _rows(self, events: Sequence[NewEvent], recorded: str) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = []
-        append = rows.append
-        dumps = orjson.dumps
-        meta = ROW_META
-        for tenant, entity, ev, dedupe_key, causation, mapping_version in events:
-            type_, version, from_json, fields = meta[ev.__class__]
-            try:
-                # Observations (parsed JSON) take orjson's C path directly; others go through the checking codec.
-                payload = (dumps(fields(ev)) if from_json else encode(ev)).decode()
-            except (TypeError, CodecError) as exc:
-                raise CodecError(f"cannot encode {type_} for {tenant}/{entity}: {exc}") from exc
-            append((recorded, tenant, entity, type_, version, payload, causation, mapping_version, dedupe_key))
-        return rows
-
     async def append(
         self,
         events: Sequence[NewEvent],
@@ -604,7 +588,8 @@ class SqliteEventLog:
         if not events and not cursors and not checkpoints:
             return AppendResult(0, 0)
         recorded = format_time(self._clock())
-        rows = self._rows(events, recorded)  # encode before taking the lock: a CodecError writes nothing
+        # Encode before taking the lock: a CodecError writes nothing.
+        rows = list(zip(repeat(recorded), *encode_columns(events)))
         cursor_rows = [(poller, tenant, value, recorded) for (poller, tenant), value in (cursors or {}).items()]
         checkpoint_rows = [(stage, tenant, pos, recorded) for (stage, tenant), pos in (checkpoints or {}).items()]
         job = _Job(rows, cursor_rows, checkpoint_rows)
