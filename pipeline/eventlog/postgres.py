@@ -29,13 +29,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import orjson
 
-from pipeline.errors import CodecError, SchemaVersionError, StoreError
+from pipeline.errors import SchemaVersionError, StoreError
 from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent, flag_group
-from pipeline.eventlog.paging import read_ahead
+from pipeline.eventlog.paging import nothing, read_ahead
+from pipeline.eventlog.rows import decode_rows, encode_columns
 from pipeline.eventlog.sqlite import HeadsRebuilt
-from pipeline.events import ROW_META, Event, decode_dict, encode, event_class
 
 Clock = Callable[[], datetime]
 
@@ -265,68 +264,6 @@ def redact(dsn: str) -> str:
     return f"{head}://{user}@{host}" if user else f"{head}://{host}"
 
 
-_CLASSES: dict[str, type[Event]] = {}
-
-
-def _class_of(type_name: str) -> type[Event]:
-    cls = _CLASSES[type_name] = event_class(type_name)
-    return cls
-
-
-_new_stored = tuple.__new__
-
-
-def rows_to_events(rows: Sequence[Any]) -> list[StoredEvent]:
-    """Decode a page of rows (a scan's cost is this loop; the current schema version is inlined)."""
-    out: list[StoredEvent] = []
-    append = out.append
-    loads = orjson.loads
-    classes = _CLASSES
-    for row in rows:
-        position, when, tenant, entity, type_, version, payload, causation, mapping_version, dedupe = row
-        try:
-            data = loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise CodecError(f"event {position}: payload is not JSON: {exc}") from exc
-        cls = classes.get(type_) or _class_of(type_)
-        if version == cls.VERSION and type(data) is dict:
-            try:
-                event = cls(**data)
-            except TypeError as exc:
-                raise CodecError(f"bad payload for {type_} v{version}: {exc}") from exc
-        else:
-            event = decode_dict(type_, version, data)
-        append(
-            _new_stored(
-                StoredEvent,
-                (position, when, tenant, entity, type_, version, event, causation, mapping_version, dedupe),
-            )
-        )
-    return out
-
-
-def encode_columns(events: Sequence[NewEvent]) -> list[list[Any]]:
-    """The append's eight column arrays (tenant … dedupe_key), encoding every event first (CodecError else)."""
-    cols: list[list[Any]] = [[], [], [], [], [], [], [], []]
-    tenants, entities, types, versions, payloads, causations, mappings, keys = cols
-    dumps = orjson.dumps
-    for tenant, entity, ev, dedupe_key, causation, mapping_version in events:
-        type_, version, from_json, fields = ROW_META[ev.__class__]
-        try:
-            payload = (dumps(fields(ev)) if from_json else encode(ev)).decode()
-        except (TypeError, CodecError) as exc:
-            raise CodecError(f"cannot encode {type_} for {tenant}/{entity}: {exc}") from exc
-        tenants.append(tenant)
-        entities.append(entity)
-        types.append(type_)
-        versions.append(version)
-        payloads.append(payload)
-        causations.append(causation)
-        mappings.append(mapping_version)
-        keys.append(dedupe_key)
-    return cols
-
-
 class _Params:
     """Numbered query parameters ($1, $2, …) collected as a query is built."""
 
@@ -504,7 +441,10 @@ class PostgresEventLog:
                 raise StoreError(f"read from {self.path} failed: {exc}") from exc
             raise
 
-    async def read(
+    async def _fetch_events(self, sql: str, params: Sequence[Any]) -> list[StoredEvent]:
+        return decode_rows(await self._fetch(sql, params))
+
+    def read(
         self,
         *,
         after: int = 0,
@@ -518,9 +458,9 @@ class PostgresEventLog:
     ) -> AsyncIterator[StoredEvent]:
         """Stream matching events in position order, `batch_size` rows per query (keyset paging)."""
         if types is not None and not types:
-            return
+            return nothing()
 
-        def page(start: int) -> asyncio.Future[list[Any]]:
+        def page(start: int) -> asyncio.Future[list[StoredEvent]]:
             sql, params = read_sql(
                 after=start,
                 upto=upto,
@@ -531,11 +471,10 @@ class PostgresEventLog:
                 until=until,
                 limit=batch_size,
             )
-            return asyncio.ensure_future(self._fetch(sql, params))
+            return asyncio.ensure_future(self._fetch_events(sql, params))
 
-        # The next page is fetched (on another pooled connection) while this one is decoded here.
-        async for stored in read_ahead(page, after, batch_size, rows_to_events):
-            yield stored
+        # The next page is fetched (on another pooled connection) while this one is handed out here.
+        return read_ahead(page, after, batch_size)
 
     async def latest(
         self,
@@ -560,7 +499,7 @@ class PostgresEventLog:
             f"SELECT {COLUMNS} FROM events WHERE position IN ("
             f"SELECT max(position) FROM entity_heads WHERE {' AND '.join(where)} GROUP BY tenant, entity)"
         )
-        return {(e.tenant, e.entity): e for e in rows_to_events(await self._fetch(sql, p.values))}
+        return {(e.tenant, e.entity): e for e in decode_rows(await self._fetch(sql, p.values))}
 
     async def entities(
         self, types: Collection[str], *, tenant: str, newest_of: Collection[str] | None = None
@@ -589,17 +528,17 @@ class PostgresEventLog:
         """The newest order command of each order entity whose newest one carries one of `numbers`."""
         if not numbers:
             return []
-        return rows_to_events(await self._fetch(ORDER_NUMBERS_SQL, [tenant, sorted(set(numbers))]))
+        return decode_rows(await self._fetch(ORDER_NUMBERS_SQL, [tenant, sorted(set(numbers))]))
 
     async def caused_by(self, positions: Collection[int]) -> list[StoredEvent]:
         if not positions:
             return []
         sql = f"SELECT {COLUMNS} FROM events WHERE causation = ANY($1::bigint[]) ORDER BY position"
-        return rows_to_events(await self._fetch(sql, [sorted(set(positions))]))
+        return decode_rows(await self._fetch(sql, [sorted(set(positions))]))
 
     async def get(self, position: int) -> StoredEvent | None:
         rows = await self._fetch(f"SELECT {COLUMNS} FROM events WHERE position = $1", [position])
-        return rows_to_events(rows)[0] if rows else None
+        return decode_rows(rows)[0] if rows else None
 
     async def max_position(self) -> int:
         rows = await self._fetch("SELECT coalesce(max(position), 0) FROM events", [])

@@ -26,17 +26,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
 
 import aiosqlite
 import anyio
-import orjson
 
-from pipeline.errors import CodecError, SchemaVersionError, StoreError
+from pipeline.errors import SchemaVersionError, StoreError
 from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent, flag_group
-from pipeline.eventlog.paging import read_ahead
-from pipeline.events import ROW_META, Event, decode_dict, encode, event_class
+from pipeline.eventlog.paging import nothing, read_ahead
+from pipeline.eventlog.rows import decode_rows, encode_columns
 
 Clock = Callable[[], datetime]
 OpenMode = Literal["create", "migrate", "existing"]
@@ -193,6 +193,9 @@ _INSERT = (
 _COLUMNS = (
     "position, recorded_at, tenant, entity, type, schema_version, payload, causation, mapping_version, dedupe_key"
 )
+# What reads select to decode events: `_COLUMNS`, the payload as bytes. The stored text is UTF-8 already; as bytes
+# it is copied, not decoded into a str that orjson would then encode back to UTF-8 to parse.
+_EVENT_COLUMNS = _COLUMNS.replace("payload", "CAST(payload AS BLOB)")
 
 
 def utc_now() -> datetime:
@@ -212,52 +215,22 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+def _rows_to_events(rows: Sequence[sqlite3.Row | tuple[Any, ...]]) -> list[StoredEvent]:
+    """Decode a page of rows (`_EVENT_COLUMNS`) into stored events."""
+    return decode_rows(rows, parse_time)
+
+
 def _row_to_event(row: sqlite3.Row | tuple[Any, ...]) -> StoredEvent:
     return _rows_to_events([row])[0]
 
 
-_CLASSES: dict[str, type[Event]] = {}  # type name -> class, filled as types are met (CodecError if unknown)
-
-
-def _class_of(type_name: str) -> type[Event]:
-    cls = _CLASSES[type_name] = event_class(type_name)
-    return cls
-
-
-_new_stored = tuple.__new__  # StoredEvent(...) without the NamedTuple's Python-level __new__: scans build millions
-
-
-def _rows_to_events(rows: Sequence[sqlite3.Row | tuple[Any, ...]]) -> list[StoredEvent]:
-    """Decode a page of rows. The common case (a current schema version) is inlined: a scan's cost is this loop."""
-    out: list[StoredEvent] = []
-    append = out.append
-    loads = orjson.loads
-    classes = _CLASSES
-    times: dict[str, datetime] = {}
-    for row in rows:
-        position, recorded, tenant, entity, type_, version, payload, causation, mapping_version, dedupe = row
-        try:
-            data = loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise CodecError(f"event {position}: payload is not JSON: {exc}") from exc
-        cls = classes.get(type_) or _class_of(type_)
-        if version == cls.VERSION and type(data) is dict:
-            try:
-                event = cls(**data)
-            except TypeError as exc:
-                raise CodecError(f"bad payload for {type_} v{version}: {exc}") from exc
-        else:
-            event = decode_dict(type_, version, data)
-        when = times.get(recorded)
-        if when is None:
-            when = times[recorded] = parse_time(recorded)
-        append(
-            _new_stored(
-                StoredEvent,
-                (position, when, tenant, entity, type_, version, event, causation, mapping_version, dedupe),
-            )
-        )
-    return out
+def _select_events(
+    conn: sqlite3.Connection,
+    sql: str,
+    params: Sequence[Any],
+    decode: Callable[[Sequence[Any]], list[StoredEvent]],
+) -> list[StoredEvent]:
+    return decode(conn.execute(sql, params).fetchall())
 
 
 async def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
@@ -563,7 +536,7 @@ def latest_sql(
         where.append(f"entity IN ({', '.join('?' * len(names))})")
         params.extend(names)
     sql = (
-        f"SELECT {_COLUMNS} FROM events WHERE position IN ("
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE position IN ("
         f"SELECT max(position) FROM entity_heads WHERE {' AND '.join(where)} GROUP BY tenant, entity)"
     )
     return sql, params
@@ -598,7 +571,7 @@ def order_numbers_sql(tenant: str, numbers: Sequence[str]) -> tuple[str, list[An
     the index is named, so no statistics can turn this into a walk of all the tenant's order commands.)"""
     marks = ", ".join("?" * len(numbers))
     sql = (
-        f"SELECT {_COLUMNS} FROM events e INDEXED BY events_by_order_number"
+        f"SELECT {_EVENT_COLUMNS} FROM events e INDEXED BY events_by_order_number"
         " WHERE e.type = 'order.upsert_requested' AND e.tenant = ?"
         f" AND json_extract(e.payload, '$.body.orderNumber') IN ({marks})"
         " AND e.position = (SELECT h.position FROM entity_heads h WHERE h.tenant = e.tenant"
@@ -639,7 +612,7 @@ def read_sql(
     if upto is not None:
         where.append("position <= ?")
         params.append(upto)
-    return f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT ?", params
+    return f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT ?", params
 
 
 class SqliteEventLog:
@@ -698,21 +671,6 @@ class SqliteEventLog:
 
     # ------------------------------------------------------------------------------------------------ writing
 
-    def _rows(self, events: Sequence[NewEvent], recorded: str) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = []
-        append = rows.append
-        dumps = orjson.dumps
-        meta = ROW_META
-        for tenant, entity, ev, dedupe_key, causation, mapping_version in events:
-            type_, version, from_json, fields = meta[ev.__class__]
-            try:
-                # Observations (parsed JSON) take orjson's C path directly; others go through the checking codec.
-                payload = (dumps(fields(ev)) if from_json else encode(ev)).decode()
-            except (TypeError, CodecError) as exc:
-                raise CodecError(f"cannot encode {type_} for {tenant}/{entity}: {exc}") from exc
-            append((recorded, tenant, entity, type_, version, payload, causation, mapping_version, dedupe_key))
-        return rows
-
     async def append(
         self,
         events: Sequence[NewEvent],
@@ -724,7 +682,8 @@ class SqliteEventLog:
         if not events and not cursors and not checkpoints:
             return AppendResult(0, 0)
         recorded = format_time(self._clock())
-        rows = self._rows(events, recorded)  # encode before taking the lock: a CodecError writes nothing
+        # Encode before taking the lock: a CodecError writes nothing.
+        rows = list(zip(repeat(recorded), *encode_columns(events)))
         cursor_rows = [(poller, tenant, value, recorded) for (poller, tenant), value in (cursors or {}).items()]
         checkpoint_rows = [(stage, tenant, pos, recorded) for (stage, tenant), pos in (checkpoints or {}).items()]
         job = _Job(rows, cursor_rows, checkpoint_rows)
@@ -784,7 +743,18 @@ class SqliteEventLog:
         except sqlite3.Error as exc:
             raise StoreError(f"read from {self.path} failed: {exc}") from exc
 
-    async def read(
+    async def _fetch_events(
+        self, sql: str, params: Sequence[Any], decode: Callable[[Sequence[Any]], list[StoredEvent]]
+    ) -> list[StoredEvent]:
+        """Select rows of `_EVENT_COLUMNS` and decode them, both on the reader's thread, so that neither holds up
+        the event loop."""
+        try:
+            events: list[StoredEvent] = await _on_thread(self._reader, _select_events, sql, params, decode)
+            return events
+        except sqlite3.Error as exc:
+            raise StoreError(f"read from {self.path} failed: {exc}") from exc
+
+    def read(
         self,
         *,
         after: int = 0,
@@ -798,17 +768,17 @@ class SqliteEventLog:
     ) -> AsyncIterator[StoredEvent]:
         """Stream matching events in position order, `batch_size` rows per query (keyset paging)."""
         if types is not None and not types:
-            return
+            return nothing()
+        decode = _rows_to_events
 
-        def page(start: int) -> asyncio.Future[list[Any]]:
+        def page(start: int) -> asyncio.Future[list[StoredEvent]]:
             sql, params = read_sql(
                 after=start, upto=upto, tenant=tenant, entity=entity, types=types, since=since, until=until
             )
-            return asyncio.ensure_future(self._fetch(sql, [*params, batch_size]))
+            return asyncio.ensure_future(self._fetch_events(sql, [*params, batch_size], decode))
 
-        # The next page is fetched on the reader's thread while this one is decoded here.
-        async for stored in read_ahead(page, after, batch_size, _rows_to_events):
-            yield stored
+        # The next page is read and decoded on the reader's thread while this one is handed out here.
+        return read_ahead(page, after, batch_size)
 
     async def latest(
         self,
@@ -860,12 +830,12 @@ class SqliteEventLog:
         wanted = sorted(set(positions))
         for i in range(0, len(wanted), 500):  # SQLite caps the number of parameters per statement
             chunk = wanted[i : i + 500]
-            sql = f"SELECT {_COLUMNS} FROM events WHERE causation IN ({', '.join('?' * len(chunk))})"
+            sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE causation IN ({', '.join('?' * len(chunk))})"
             out.extend(_rows_to_events(await self._fetch(sql, chunk)))
         return sorted(out, key=lambda e: e.position)
 
     async def get(self, position: int) -> StoredEvent | None:
-        rows = await self._fetch(f"SELECT {_COLUMNS} FROM events WHERE position = ?", [position])
+        rows = await self._fetch(f"SELECT {_EVENT_COLUMNS} FROM events WHERE position = ?", [position])
         return _row_to_event(rows[0]) if rows else None
 
     async def max_position(self) -> int:
