@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import uuid
 
 ENV = "PIPELINE_TEST_POSTGRES"
 
@@ -34,6 +35,35 @@ def unavailable() -> str | None:
 
         return f"PostgreSQL tests skipped: {ENV} is set but {redact(dsn)} does not answer ({type(exc).__name__})"
     return None
+
+
+def schema_dsn(schema: str) -> str:
+    """The test server's DSN with `schema` as the search path (asyncpg passes the parameter as a server setting)."""
+    dsn = os.environ[ENV]
+    return f"{dsn}{'&' if '?' in dsn else '?'}search_path={schema}"
+
+
+def new_schema(prefix: str) -> str:
+    """A fresh schema name starting with `prefix` (a test module's own, so its clean-up drops only its schemas)."""
+    return prefix + uuid.uuid4().hex[:12]
+
+
+def drop_schemas(prefix: str) -> None:
+    """Drop every schema whose name starts with `prefix` (a module's clean-up, before and after it runs)."""
+    if unavailable() is not None:
+        return
+
+    async def drop() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(os.environ[ENV])
+        try:
+            for (name,) in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", prefix + "%"):
+                await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ from pipeline import events as ev
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
 from pipeline.eventlog import is_postgres, open_log
 from pipeline.eventlog.base import EventLog, NewEvent
+from tests import postgres_server
 from tests.eventlog_contract import EventLogContract, StepClock, product
-from tests.postgres_server import unavailable
+from tests.postgres_server import drop_schemas, schema_dsn, unavailable
 
 DSN = os.environ.get("PIPELINE_TEST_POSTGRES", "")
 PREFIX = "pipeline_test_"
@@ -29,29 +29,15 @@ PREFIX = "pipeline_test_"
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
 
 
-async def _drop_test_schemas() -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(DSN)
-    try:
-        names = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", PREFIX + "%")
-        for (name,) in names:
-            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _clean_schemas() -> Iterator[None]:
-    if unavailable() is None:
-        asyncio.run(_drop_test_schemas())
+    drop_schemas(PREFIX)
     yield
-    if unavailable() is None:
-        asyncio.run(_drop_test_schemas())
+    drop_schemas(PREFIX)
 
 
 def new_schema() -> str:
-    return PREFIX + uuid.uuid4().hex[:12]
+    return postgres_server.new_schema(PREFIX)
 
 
 async def open_pg(clock: StepClock | None = None, schema: str | None = None, **kw: Any) -> Any:
@@ -281,7 +267,7 @@ async def test_open_log_picks_the_store_by_the_database(tmp_path: Path, schema: 
         await conn.execute(f'CREATE SCHEMA "{schema}"')
     finally:
         await conn.close()
-    log = await open_log(f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}")
+    log = await open_log(schema_dsn(schema))
     try:
         assert isinstance(log, PostgresEventLog)
     finally:
@@ -382,7 +368,7 @@ def test_migrate_log_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             await conn.close()
 
     asyncio.run(make_schema())
-    target = f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}"
+    target = schema_dsn(schema)
     assert main(["migrate-log", "--from", str(path), "--to", target]) == 0
     out = capsys.readouterr().out
     assert "9 events (9 copied now), 1 cursors, 1 checkpoints; verified, sha256" in out
@@ -412,7 +398,7 @@ async def test_sync_on_postgres_end_to_end(tmp_path: Path, schema: str) -> None:
     async with fake_world(2, products=15, customers=6, invoices=15, now=now, requests_per_second=500) as world:
         settings = dataclasses.replace(
             world.settings(tmp_path / "unused.db", requests_per_second=500),
-            database=f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}",
+            database=schema_dsn(schema),
         )
         async with Runtime(settings, clock=lambda: now) as runtime:
             assert (await runtime.cycle()).exit_code == 0
@@ -467,7 +453,7 @@ def test_sigkill_mid_batch_leaves_all_or_nothing(schema: str) -> None:
         return len(counts), cursor
 
     asyncio.run(make_schema())
-    target = f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}"
+    target = schema_dsn(schema)
     script = Path(__file__).with_name("crash_append.py")
     rng = random.Random(1234)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
@@ -505,7 +491,7 @@ async def test_operator_commands_on_postgres(tmp_path: Path, schema: str) -> Non
         await conn.execute(f'CREATE SCHEMA "{schema}"')
     finally:
         await conn.close()
-    database = f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}"
+    database = schema_dsn(schema)
     async with fake_world(1, products=6, customers=3, invoices=6, requests_per_second=500) as world:
         config = tmp_path / "pipeline.toml"
         config.write_text(world.config_toml(database, requests_per_second=500))

@@ -6,11 +6,9 @@ leases; they wait on conditions with timeouts, never for fixed times. They need 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -24,7 +22,8 @@ from pipeline.config import Settings
 from pipeline.fakes.world import World, fake_world
 from pipeline.runtime import Runtime
 from pipeline.workers import Board, Coordinator, Timing, WorkerInfo, assign
-from tests.postgres_server import unavailable
+from tests import postgres_server
+from tests.postgres_server import drop_schemas, schema_dsn, unavailable
 
 DSN = os.environ.get("PIPELINE_TEST_POSTGRES", "")
 PREFIX = "pipeline_wtest_"
@@ -104,31 +103,14 @@ def test_board_names_the_holder() -> None:
 
 
 def new_schema() -> str:
-    return PREFIX + uuid.uuid4().hex[:12]
-
-
-def schema_dsn(schema: str) -> str:
-    return f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}"
-
-
-async def _drop_schemas() -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(DSN)
-    try:
-        for (name,) in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", PREFIX + "%"):
-            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
-    finally:
-        await conn.close()
+    return postgres_server.new_schema(PREFIX)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _clean_schemas() -> Iterator[None]:
-    if unavailable() is None:
-        asyncio.run(_drop_schemas())
+    drop_schemas(PREFIX)
     yield
-    if unavailable() is None:
-        asyncio.run(_drop_schemas())
+    drop_schemas(PREFIX)
 
 
 @pytest.fixture
