@@ -4,7 +4,9 @@ raw sqlite3 cursor.
     .venv/bin/python benchmarks/eventlog.py [--append N] [--scan N] [--batch B]
 
 Both append paths write the identical schema (the real migrations: indexes, triggers, unique dedupe key) in WAL
-mode with the same batch size. Both start each batch from a page of parsed records (as a poller has them after
+mode with the same batch size, each into its own file, taking turns batch by batch (the first of each pair
+alternates), so both see the same load from moment to moment; each path's time is the sum of its batches.
+Both start each batch from a page of parsed records (as a poller has them after
 reading an API response) and serialise each ~600-byte payload with orjson inside the timed loop (any writer must);
 the API path additionally wraps each record in a typed event and an envelope and runs its transaction on
 aiosqlite's thread. The scan runs in a child process so that its peak RSS is the scan's own, not the set-up's; there
@@ -84,25 +86,8 @@ def events(n: int, start: int = 0) -> list[NewEvent]:
     ]
 
 
-async def api_append(path: Path, n: int, batch: int) -> float:
-    """Append n events through the log API, a page of records per call, as a poller appends its pages."""
-    log = await SqliteEventLog.open(path)
-    try:
-        t0 = time.perf_counter()
-        for start in range(0, n, batch):
-            page = records(start, min(n, start + batch))
-            await log.append(
-                [
-                    NewEvent("bench", f"product:{p['Id']}", ProductObserved(p), f"bench/product:{p['Id']}@1")
-                    for p in page
-                ]
-            )
-        return time.perf_counter() - t0
-    finally:
-        await log.close()
-
-
-def raw_append(path: Path, n: int, batch: int) -> float:
+def raw_open(path: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection on a new file with the log's real schema (migrations, WAL, synchronous=NORMAL)."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -110,30 +95,61 @@ def raw_append(path: Path, n: int, batch: int) -> float:
         for statement in _split(script):
             conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return conn
+
+
+def raw_batch(conn: sqlite3.Connection, recorded: str, page: list[dict[str, Any]]) -> None:
+    """One page through raw executemany: the row tuples built and the payloads serialised inline."""
+    rows = [
+        (
+            recorded,
+            "bench",
+            f"product:{p['Id']}",
+            "product.observed",
+            1,
+            orjson.dumps({"product": p, "group": None}).decode(),
+            None,
+            None,
+            f"bench/product:{p['Id']}@1",
+        )
+        for p in page
+    ]
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(_INSERT, rows)
+    conn.execute("COMMIT")
+
+
+async def api_batch(log: SqliteEventLog, page: list[dict[str, Any]]) -> None:
+    """One page through the log API, as a poller appends its pages: a typed event and an envelope per record."""
+    await log.append(
+        [NewEvent("bench", f"product:{p['Id']}", ProductObserved(p), f"bench/product:{p['Id']}@1") for p in page]
+    )
+
+
+async def append_round(d: Path, round_: int, n: int, batch: int) -> tuple[float, float]:
+    """Append n events along both paths, each into its own new file, **batch by batch in turns** (which path goes
+    first alternates), and return each path's total time (raw, api). Taking turns per batch rather than per round
+    puts both paths under the same load from moment to moment, so a shared machine's swings cancel out."""
+    conn = raw_open(d / f"raw{round_}.db")
+    log = await SqliteEventLog.open(d / f"api{round_}.db")
     recorded = format_time(datetime.now(UTC))
-    t0 = time.perf_counter()
-    for start in range(0, n, batch):
-        page = records(start, min(n, start + batch))
-        rows = [
-            (
-                recorded,
-                "bench",
-                f"product:{p['Id']}",
-                "product.observed",
-                1,
-                orjson.dumps({"product": p, "group": None}).decode(),
-                None,
-                None,
-                f"bench/product:{p['Id']}@1",
-            )
-            for p in page
-        ]
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(_INSERT, rows)
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - t0
-    conn.close()
-    return elapsed
+    raw_s = api_s = 0.0
+    try:
+        for i, start in enumerate(range(0, n, batch)):
+            raw_page = records(start, min(n, start + batch))
+            api_page = records(start, min(n, start + batch))
+            for path in ("raw", "api") if i % 2 == 0 else ("api", "raw"):
+                t0 = time.perf_counter()
+                if path == "raw":
+                    raw_batch(conn, recorded, raw_page)
+                    raw_s += time.perf_counter() - t0
+                else:
+                    await api_batch(log, api_page)
+                    api_s += time.perf_counter() - t0
+    finally:
+        conn.close()
+        await log.close()
+    return raw_s, api_s
 
 
 async def fill(path: Path, n: int) -> None:
@@ -433,11 +449,12 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        # Alternate the two paths so neither always runs on a warmer (or busier) machine; keep the best of each.
+        # The two paths take turns batch by batch (see append_round); the best round of each is kept.
         api_times, raw_times = [], []
         for round_ in range(args.rounds):
-            raw_times.append(raw_append(d / f"raw{round_}.db", args.append, args.batch))
-            api_times.append(anyio.run(api_append, d / f"api{round_}.db", args.append, args.batch))
+            raw_s, api_s = anyio.run(append_round, d, round_, args.append, args.batch)
+            raw_times.append(raw_s)
+            api_times.append(api_s)
         api_eps = args.append / min(api_times)
         raw_eps = args.append / min(raw_times)
         print(f"append: {args.append} events x ~600 B, batches of {args.batch}, best of {args.rounds} rounds")
