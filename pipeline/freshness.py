@@ -31,8 +31,7 @@ import orjson
 
 from pipeline.clients.poweroffice import parse_timestamp
 from pipeline.eventlog.base import EventLog
-from pipeline.eventlog.sqlite import SqliteEventLog, format_time
-from pipeline.eventlog.sqlite import parse_time as parse_recorded
+from pipeline.eventlog.sqlite import SqliteEventLog, format_time, recorded_time
 from pipeline.events import CommandSucceeded, InvoiceObserved, ProductObserved, StockObserved, to_dict
 
 KINDS: dict[str, str] = {ProductObserved.TYPE: "products", InvoiceObserved.TYPE: "orders", StockObserved.TYPE: "stock"}
@@ -122,15 +121,10 @@ async def from_log(log: AnyLog, *, since: datetime | None = None, tenant: str | 
     rows = await log.query(_SQL.format(extra=extra), params)
     out = []
     for name, answered, obs_type, observed, payload in rows:
-        sample = _sample(name, _time(answered), obs_type, _time(observed), orjson.loads(payload))
+        sample = _sample(name, recorded_time(answered), obs_type, recorded_time(observed), orjson.loads(payload))
         if sample is not None:
             out.append(sample)
     return out
-
-
-def _time(recorded_at: str | datetime) -> datetime:
-    """A `recorded_at` as either store returns it (SQLite: text; PostgreSQL: a datetime)."""
-    return recorded_at if isinstance(recorded_at, datetime) else parse_recorded(recorded_at)
 
 
 async def after(log: EventLog, tenant: str, position: int) -> list[Sample]:

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from pipeline import audit
 from pipeline.eventlog.base import EventLog, StoredEvent
-from pipeline.eventlog.sqlite import format_time
+from pipeline.eventlog.sqlite import format_time, recorded_time
 from pipeline.events import (
     COMMAND_TYPES,
     OUTCOME_TYPES,
@@ -201,7 +201,7 @@ async def _released(log: AnyLog) -> list[tuple[str, str, str, dict[str, Any]]]:
         " ORDER BY r.position",
         [EntityRedriven.TYPE, EntityRedriven.TYPE, *OUTCOME_TYPES],
     )
-    return [(str(t), str(e), _when(at), json.loads(p)) for t, e, at, p in rows]
+    return [(str(t), str(e), format_time(recorded_time(at)), json.loads(p)) for t, e, at, p in rows]
 
 
 async def _subject(log: EventLog, position: object, shown: int) -> str:
@@ -225,12 +225,7 @@ async def _unanswered(log: AnyLog, floor: int) -> list[tuple[str, str, str, str,
         f" ORDER BY c.position LIMIT {PENDING_LIMIT}",
         [floor, *COMMAND_TYPES, *OUTCOME_TYPES, *COMMAND_TYPES],
     )
-    return [(str(t), str(e), str(ty), _when(at), json.loads(p)) for t, e, ty, at, p in rows]
-
-
-def _when(recorded_at: object) -> str:
-    """A `recorded_at` as SQLite stores it (text) and PostgreSQL returns it (a datetime), as the same text."""
-    return format_time(recorded_at) if isinstance(recorded_at, datetime) else str(recorded_at)
+    return [(str(t), str(e), str(ty), format_time(recorded_time(at)), json.loads(p)) for t, e, ty, at, p in rows]
 
 
 async def with_causes(log: EventLog, rows: list[audit.Row], limit: int = 20) -> list[audit.Row]:

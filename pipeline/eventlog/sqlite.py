@@ -215,6 +215,12 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+def recorded_time(value: str | datetime) -> datetime:
+    """A `recorded_at` column as either store returns it from `query` (SQLite: this module's text; PostgreSQL: a
+    datetime), as a datetime."""
+    return value if isinstance(value, datetime) else parse_time(value)
+
+
 def _rows_to_events(rows: Sequence[sqlite3.Row | tuple[Any, ...]]) -> list[StoredEvent]:
     """Decode a page of rows (`_EVENT_COLUMNS`) into stored events."""
     return decode_rows(rows, parse_time)
