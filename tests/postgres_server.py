@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import os
 import uuid
+from collections.abc import Callable
+
+import anyio
 
 ENV = "PIPELINE_TEST_POSTGRES"
 
@@ -64,6 +68,22 @@ def drop_schemas(prefix: str) -> None:
             await conn.close()
 
     asyncio.run(drop())
+
+
+async def eventually(condition: Callable[[], object], timeout: float, what: str) -> float:
+    """Wait until `condition()` holds (an awaitable it returns is awaited), checking every 10 ms; return how long it
+    took. Fails after `timeout`. For the workers' tests, whose conditions are other processes', the database's and
+    the fakes' state, which signal no event to wait on."""
+    began = anyio.current_time()
+    with anyio.move_on_after(timeout):
+        while True:
+            held = condition()
+            if inspect.isawaitable(held):
+                held = await held
+            if held:
+                return anyio.current_time() - began
+            await anyio.sleep(0.01)
+    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 if __name__ == "__main__":

@@ -542,10 +542,8 @@ async def test_operator_commands_on_postgres(tmp_path: Path, schema: str) -> Non
 async def runtime_entities(database: str, tenant: str) -> list[str]:
     """The tenant's delivered article entities in the log at `database`."""
     async with await open_log(database) as log:
-        return sorted(
-            await log.entities([ev.CommandSucceeded.TYPE], tenant=tenant)
-            & {e for e in await log.entities([ev.ArticleUpsertRequested.TYPE], tenant=tenant)}
-        )
+        delivered = await log.entities([ev.CommandSucceeded.TYPE], tenant=tenant)
+        return sorted(delivered & await log.entities([ev.ArticleUpsertRequested.TYPE], tenant=tenant))
 
 
 @pytest.mark.anyio

@@ -11,10 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -22,7 +20,7 @@ import pytest
 from pipeline.clients.ratelimit import max_in_window
 from pipeline.config import Settings, load_settings
 from pipeline.fakes.world import SUBSCRIPTION_KEY, World, fake_world
-from tests.postgres_server import unavailable
+from tests.postgres_server import eventually, unavailable
 from tests.test_e2e import expected_articles, expected_orders
 from tests.test_workers import _clean_schemas, schema, schema_dsn  # noqa: F401 (fixtures)
 
@@ -44,16 +42,6 @@ def exact(world: World, settings: Settings) -> bool:
         if {o.body["goodsOwnerOrderId"] for o in owner.orders.values()} != set(orders):
             return False
     return True
-
-
-async def eventually(condition: Callable[[], Any], timeout: float, what: str) -> float:
-    began = anyio.current_time()
-    with anyio.move_on_after(timeout):
-        # The conditions are the fakes' and the database's state, which signal no event to wait on.
-        while not await condition():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
-        return anyio.current_time() - began
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 async def holders(in_schema: str) -> dict[str, int]:

@@ -407,12 +407,12 @@ async def any_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             yield log
         return
     import os
-    import uuid
 
     from pipeline.eventlog.postgres import PostgresEventLog
+    from tests.postgres_server import ENV, new_schema
 
-    schema = "pipeline_test_" + uuid.uuid4().hex[:12]
-    async with await PostgresEventLog.open(os.environ["PIPELINE_TEST_POSTGRES"], schema=schema) as log:
+    # (the prefix of tests/test_eventlog_postgres.py, whose clean-up drops the schema)
+    async with await PostgresEventLog.open(os.environ[ENV], schema=new_schema("pipeline_test_")) as log:
         yield log
 
 

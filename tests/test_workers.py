@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from pipeline.fakes.world import World, fake_world
 from pipeline.runtime import Runtime
 from pipeline.workers import Board, Coordinator, Timing, WorkerInfo, assign
 from tests import postgres_server
-from tests.postgres_server import drop_schemas, schema_dsn, unavailable
+from tests.postgres_server import drop_schemas, eventually, schema_dsn, unavailable
 
 DSN = os.environ.get("PIPELINE_TEST_POSTGRES", "")
 PREFIX = "pipeline_wtest_"
@@ -124,17 +124,6 @@ async def schema() -> str:
     finally:
         await conn.close()
     return name
-
-
-async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Wait until `condition()` holds (checked every 20 ms); return how long it took. Fails after `timeout`."""
-    began = anyio.current_time()
-    with anyio.move_on_after(timeout):
-        # The conditions are other components' state (leases, boards), which signal no event to wait on.
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.02)
-        return anyio.current_time() - began
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def worker_settings(world: World, schema: str, *, lease: float = 1.5, grace: float = 0.5, rps: float = 400) -> Settings:
