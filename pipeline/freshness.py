@@ -131,7 +131,8 @@ async def after(log: EventLog, tenant: str, position: int) -> list[Sample]:
     """The freshness of each delivery of `tenant` recorded after `position` (a cycle's), through the log's own
     reads (any `EventLog`)."""
     out = []
-    async for success in log.read(after=position, tenant=tenant, types=[CommandSucceeded.TYPE]):
+    head = await log.max_position()  # a cycle that appended nothing reads nothing
+    async for success in log.read(after=position, upto=head, tenant=tenant, types=[CommandSucceeded.TYPE]):
         command = await log.get(success.causation) if success.causation else None
         observation = await log.get(command.causation) if command and command.causation else None
         if observation is None or observation.type not in KINDS:

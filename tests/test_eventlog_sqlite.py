@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import events as ev
-from pipeline.errors import CodecError, SchemaVersionError
+from pipeline.errors import CodecError, SchemaVersionError, StoreError
 from pipeline.eventlog.base import EventLog
 from pipeline.eventlog.sqlite import SCHEMA_VERSION, SqliteEventLog
 from tests.eventlog_contract import EventLogContract, StepClock, product
@@ -67,6 +67,45 @@ async def test_reader_cannot_write(tmp_path: Path) -> None:
     async with await SqliteEventLog.open(tmp_path / "e.db") as log:
         with pytest.raises(Exception, match=r"readonly|read-only|attempt to write"):
             await log.query("INSERT INTO cursors VALUES ('a', 'b', 'c', 'd')")
+
+
+class _BusyPoint:
+    """The point-read connection as a file held by another process leaves it: every statement answers busy
+    (SQLITE_BUSY, as a reader sees it while another connection holds the file exclusively or recovers it)."""
+
+    def __init__(self, real: sqlite3.Connection, code: int = sqlite3.SQLITE_BUSY) -> None:
+        self.real, self.code, self.calls = real, code, 0
+
+    def execute(self, sql: str, params: object = ()) -> sqlite3.Cursor:
+        self.calls += 1
+        error = sqlite3.OperationalError("database is locked")
+        error.sqlite_errorcode = self.code
+        raise error
+
+    def close(self) -> None:
+        self.real.close()
+
+
+@pytest.mark.anyio
+async def test_a_busy_point_read_is_answered_by_the_reader_thread(tmp_path: Path) -> None:
+    """Point reads run on the event loop and never wait for a lock: a busy answer sends the read to the reader's
+    thread (which may wait), and the caller gets the same answer."""
+    async with await SqliteEventLog.open(tmp_path / "p.db") as log:
+        await log.append([product("a", 1, 1.0)], cursors={("poweroffice.products", "a"): "2026-11-30"})
+        busy = _BusyPoint(log._point)  # type: ignore[arg-type]
+        log._point = busy  # type: ignore[assignment]
+        assert await log.cursor("poweroffice.products", "a") == "2026-11-30"
+        assert await log.max_position() == 1
+        assert set(await log.latest([ev.ProductObserved.TYPE], tenant="a", entity="product:1")) == {("a", "product:1")}
+        assert busy.calls == 3
+
+
+@pytest.mark.anyio
+async def test_a_failing_point_read_is_a_store_error(tmp_path: Path) -> None:
+    async with await SqliteEventLog.open(tmp_path / "p.db") as log:
+        log._point = _BusyPoint(log._point, sqlite3.SQLITE_IOERR)  # type: ignore[arg-type,assignment]
+        with pytest.raises(StoreError, match=r"read from .* failed: database is locked"):
+            await log.max_position()
 
 
 @pytest.mark.anyio

@@ -76,3 +76,34 @@ async def test_quiet_cycle_decodes_only_stock_heads_however_long_the_history(
         await runtime.cycle()
         assert await runtime.log.max_position() == head
         assert sum(decoded) <= quiet, (sum(decoded), quiet)
+
+
+@pytest.mark.anyio
+async def test_quiet_cycle_goes_to_the_reader_thread_once_per_tenant(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quiet cycle's reads are point reads on the event loop's own connection (a cursor, a checkpoint, the head,
+    the flags, a few named heads) and no read at all where the checkpoint is at the head. Only the stock poller's
+    catalogue of last figures (one tenant-wide read) goes to the reader's thread, where every read queues behind
+    the other tenants' reads."""
+    settings = world.settings(tmp_path / "p.db", requests_per_second=500)
+    trips: list[str] = []
+    fetch, fetch_events = sqlite_log.SqliteEventLog._fetch, sqlite_log.SqliteEventLog._fetch_events
+
+    async def counted_fetch(self: Any, sql: str, params: Any) -> Any:
+        trips.append(sql)
+        return await fetch(self, sql, params)
+
+    async def counted_fetch_events(self: Any, sql: str, params: Any, decode: Any) -> Any:
+        trips.append(sql)
+        return await fetch_events(self, sql, params, decode)
+
+    async with Runtime(settings, clock=lambda: NOW) as runtime:
+        for _ in range(3):
+            await runtime.cycle()
+        monkeypatch.setattr(sqlite_log.SqliteEventLog, "_fetch", counted_fetch)
+        monkeypatch.setattr(sqlite_log.SqliteEventLog, "_fetch_events", counted_fetch_events)
+        head = await runtime.log.max_position()
+        await runtime.cycle()
+        assert await runtime.log.max_position() == head  # unchanged: nothing appended
+    assert len(trips) <= len(world.tenants), trips

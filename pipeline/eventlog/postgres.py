@@ -457,7 +457,7 @@ class PostgresEventLog:
         batch_size: int = 1000,
     ) -> AsyncIterator[StoredEvent]:
         """Stream matching events in position order, `batch_size` rows per query (keyset paging)."""
-        if types is not None and not types:
+        if (types is not None and not types) or (upto is not None and upto <= after):
             return nothing()
 
         def page(start: int) -> asyncio.Future[list[StoredEvent]]:

@@ -460,10 +460,14 @@ def command_dedupe_key(tenant: str, entity: str, source: int, fp: str) -> str:
 async def project(log_: EventLog, tenant: TenantSettings, *, batch_size: int = 500) -> ProjectResult:
     """Project the tenant's new observations into commands. Raises StoreError if the log fails."""
     result = ProjectResult()
-    after = await log_.checkpoint(STAGE, tenant.name)
+    name = tenant.name
+    after = await log_.checkpoint(STAGE, name)
+    # Read up to the head seen now; once that is read the checkpoint moves to it, past the commands and outcomes
+    # that follow the last observation, so the next quiet cycle has nothing to read at all.
+    head = await log_.max_position()
     state: Projection | None = None  # loaded only when there is something to project: a quiet cycle reads no state
     batch: list[StoredEvent] = []
-    async for stored in log_.read(after=after, tenant=tenant.name, types=OBSERVED, batch_size=batch_size):
+    async for stored in log_.read(after=after, upto=head, tenant=name, types=OBSERVED, batch_size=batch_size):
         batch.append(stored)
         if len(batch) >= batch_size:
             state = state or await Projection.load(log_, tenant, all_orders=False)
@@ -474,6 +478,8 @@ async def project(log_: EventLog, tenant: TenantSettings, *, batch_size: int = 5
         await _project_batch(log_, state, batch, result)
     if state is not None:  # conflicts change only with new product observations
         await _settle_code_conflicts(log_, state, result)
+    if head > after:
+        await log_.append([], checkpoints={(STAGE, name): head})
     return result
 
 
