@@ -8,7 +8,8 @@ appended through the log's own `append` in big batches: product changes (observa
 stock changes (observation, stock write-back, success) and orders (the unpaid and then the paid invoice
 observation, the order command, its success; now and then a transient failure first), about one third each by
 episode, over the same products the fakes hold, with the stage checkpoints at the end of that history. Then the
-real `Runtime` runs against both fakes (in a child process per size, as the real APIs are elsewhere): cycles until
+real `Runtime` runs against both fakes (in a child process per size, as the real APIs are elsewhere; the fakes on
+the last core and the pipeline on the others when there are two or more): cycles until
 one appends nothing, then `--rounds` unchanged cycles of each size in turns (small, big, big, small, …: the machine
 is shared, and turns give both the same share of whatever else runs), best kept. `cycle_ratio` = big ÷ small
 (target ≤ 1.2).
@@ -27,6 +28,7 @@ import argparse
 import contextlib
 import logging
 import multiprocessing
+import os
 import random
 import sys
 import tempfile
@@ -64,8 +66,9 @@ BATCH = 20_000  # events per append while filling
 # ---------------------------------------------------------------------------------------------- the fakes
 
 
-def _serve(conn: Connection, tenants: int, products: int, invoices: int, now: datetime) -> None:
+def _serve(conn: Connection, tenants: int, products: int, invoices: int, now: datetime, cores: list[int]) -> None:
     """Child process: serve both fakes, send what the parent needs to know, stop on "stop"."""
+    _own_core(fakes=True, cores=cores)
 
     async def serve() -> None:
         async with fake_world(
@@ -89,11 +92,22 @@ def _serve(conn: Connection, tenants: int, products: int, invoices: int, now: da
     anyio.run(serve)
 
 
+CORES = sorted(os.sched_getaffinity(0))  # before this process narrows its own (see `_own_core`)
+
+
+def _own_core(*, fakes: bool, cores: list[int] = CORES) -> None:
+    """The fakes stand in for servers elsewhere: on a machine of two cores or more they get the last core and the
+    pipeline the others, so that neither waits for the scheduler to move it off the other's core. (Left to the
+    scheduler, a run's cycles drift by tens of percent for seconds at a time on a 2-core machine.)"""
+    if len(cores) >= 2:
+        os.sched_setaffinity(0, {cores[-1]} if fakes else set(cores[:-1]))
+
+
 @contextlib.contextmanager
 def fakes(tenants: int, products: int, invoices: int, now: datetime) -> Iterator[dict[str, Any]]:
     ours, theirs = multiprocessing.Pipe()
     process = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(theirs, tenants, products, invoices, now), daemon=True
+        target=_serve, args=(theirs, tenants, products, invoices, now, CORES), daemon=True
     )
     process.start()
     try:
@@ -377,6 +391,7 @@ async def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the generated data's mapping warnings are not the point here
     now = datetime.now(UTC) - timedelta(minutes=1)
+    _own_core(fakes=False)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         print(
