@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
+import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import events as ev
 from pipeline.errors import CodecError, SchemaVersionError, StoreError
+from pipeline.eventlog import base as ev_base
 from pipeline.eventlog.base import EventLog
 from pipeline.eventlog.sqlite import SCHEMA_VERSION, SqliteEventLog
 from tests.eventlog_contract import EventLogContract, StepClock, product
@@ -280,3 +282,28 @@ async def test_older_database_is_migrated_forward(tmp_path: Path) -> None:
         assert "events_by_causation" in indexes
     finally:
         conn.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    before=st.lists(st.integers(0, 150), max_size=20),
+    keys=st.lists(st.integers(0, 150), max_size=300),
+)
+def test_multi_row_inserts_keep_order_and_skip_every_duplicate(
+    tmp_path_factory: pytest.TempPathFactory, before: list[int], keys: list[int]
+) -> None:
+    """An append inserts its rows in statements of up to 64 rows, then halves for the rest: whatever the size, the
+    rows land in the order given, and a key already in the log or earlier in the same append is skipped."""
+    path = tmp_path_factory.mktemp("multi") / "e.db"
+
+    async def run() -> tuple[ev_base.AppendResult, list[str]]:
+        async with await SqliteEventLog.open(path) as log:
+            await log.append([product("a", k, 1.0, key=f"k{k}") for k in before])
+            result = await log.append([product("a", k, 2.0, key=f"k{k}") for k in keys])
+            return result, [e.dedupe_key async for e in log.read()]
+
+    result, stored = anyio.run(run)
+    expected = list(dict.fromkeys(f"k{k}" for k in before))
+    new = [key for key in dict.fromkeys(f"k{k}" for k in keys) if key not in expected]
+    assert stored == expected + new
+    assert (result.appended, result.skipped) == (len(new), len(keys) - len(new))
