@@ -216,6 +216,8 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
         appended += conn.execute(_insert_sql(size), list(chain.from_iterable(chunk))).rowcount
         start += size
     return appended
+
+
 _COLUMNS = (
     "position, recorded_at, tenant, entity, type, schema_version, payload, causation, mapping_version, dedupe_key"
 )
@@ -689,6 +691,13 @@ class SqliteEventLog:
         if mode != "create" and not await anyio.Path(p).is_file():
             raise StoreError(f"no event log at {p}; run sync first")
         writer: aiosqlite.Connection | None = None
+        reader: aiosqlite.Connection | None = None
+
+        async def close_opened() -> None:
+            for conn in (reader, writer):
+                if conn is not None:
+                    await conn.close()
+
         try:
             if mode == "create":
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -706,12 +715,10 @@ class SqliteEventLog:
             await reader.execute("PRAGMA query_only = ON")
             point = _point_reader(p)
         except sqlite3.Error as exc:
-            if writer is not None:
-                await writer.close()
+            await close_opened()
             raise StoreError(f"cannot open event log {p}: {exc}") from exc
         except BaseException:
-            if writer is not None:
-                await writer.close()
+            await close_opened()
             raise
         return cls(p, writer, reader, clock, point)
 
