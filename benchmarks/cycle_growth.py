@@ -347,6 +347,11 @@ async def growth(args: argparse.Namespace, now: datetime, tmp: Path) -> tuple[fl
     for size, got, n, db in zip(sizes, times, events, dbs, strict=True):
         shown = ", ".join(f"{t * 1000:.0f}" for t in got)
         print(f"  {size:,}: {n:,} events in the log, {file_bytes(db) / 1e6:.1f} MB; unchanged cycles: {shown} ms")
+    # The same unchanged cycle, five times in a row: a wide spread says the machine changed pace during the run,
+    # and a best of five may then have caught one size in a fast moment only. Say so rather than hide it.
+    spread = max(max(got) / min(got) for got in times)
+    if spread > 1.3:
+        print(f"  note: the machine was unsteady (one size's cycles spread by {spread:.2f}×): rerun to compare")
     return min(times[0]), min(times[1]), events[1], file_bytes(dbs[1])
 
 
