@@ -10,7 +10,9 @@ already in the log; no event is changed for it:
   carries no change time, and the poll found the change no earlier than that).
 
 Commands not made from an observation (a reconcile repair) have no source change and are left out, as are
-change times that cannot be read.
+change times that cannot be read, and changes from before the tenant's first cycle (the cursor `FIRST_CYCLE`): the
+first sync's backfill delivers records changed weeks or months earlier, which says how old the data was, not how
+long the pipeline took.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ CHANGE_FIELDS: dict[str, tuple[str, str]] = {
     InvoiceObserved.TYPE: ("invoice", "BalanceLastChangedDateTimeOffset"),
 }
 HEADER = ("tenant", "kind", "deliveries", "p50_seconds", "p95_seconds", "max_seconds")
+# The cursor holding when the pipeline began watching a tenant (its first cycle's start), written by that cycle.
+FIRST_CYCLE = "tenant.first_cycle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,36 +123,52 @@ async def from_log(log: AnyLog, *, since: datetime | None = None, tenant: str | 
         extra += " AND s.tenant = ?"
         params.append(tenant)
     rows = await log.query(_SQL.format(extra=extra), params)
+    watched = await first_cycles(log)
     out = []
     for name, answered, obs_type, observed, payload in rows:
-        sample = _sample(name, recorded_time(answered), obs_type, recorded_time(observed), orjson.loads(payload))
+        data = orjson.loads(payload)
+        sample = _sample(name, recorded_time(answered), obs_type, recorded_time(observed), data, watched.get(name))
         if sample is not None:
             out.append(sample)
     return out
+
+
+async def first_cycles(log: AnyLog) -> dict[str, datetime]:
+    """Each tenant's first cycle start (`FIRST_CYCLE`), where recorded."""
+    rows = await log.query("SELECT tenant, value FROM cursors WHERE poller = ?", [FIRST_CYCLE])
+    return {str(tenant): datetime.fromisoformat(str(value)) for tenant, value in rows}
 
 
 async def after(log: EventLog, tenant: str, position: int) -> list[Sample]:
     """The freshness of each delivery of `tenant` recorded after `position` (a cycle's), through the log's own
     reads (any `EventLog`)."""
     out = []
+    first = await log.cursor(FIRST_CYCLE, tenant)
+    watched = datetime.fromisoformat(first) if first else None
     head = await log.max_position()  # a cycle that appended nothing reads nothing
     async for success in log.read(after=position, upto=head, tenant=tenant, types=[CommandSucceeded.TYPE]):
         command = await log.get(success.causation) if success.causation else None
         observation = await log.get(command.causation) if command and command.causation else None
         if observation is None or observation.type not in KINDS:
             continue
-        sample = _sample(
-            tenant, success.recorded_at, observation.type, observation.recorded_at, to_dict(observation.event)
-        )
+        payload = to_dict(observation.event)
+        sample = _sample(tenant, success.recorded_at, observation.type, observation.recorded_at, payload, watched)
         if sample is not None:
             out.append(sample)
     return out
 
 
 def _sample(
-    tenant: str, answered: datetime, obs_type: str, observed: datetime, payload: Mapping[str, Any]
+    tenant: str,
+    answered: datetime,
+    obs_type: str,
+    observed: datetime,
+    payload: Mapping[str, Any],
+    watched: datetime | None,
 ) -> Sample | None:
+    """The delivery's sample; None when its change time cannot be read or came before `watched` (the first
+    cycle: a backfilled record)."""
     changed = source_time(obs_type, payload, observed)
-    if changed is None:
+    if changed is None or (watched is not None and changed < watched):
         return None
     return Sample(tenant, KINDS[obs_type], max(0.0, (answered - changed).total_seconds()))

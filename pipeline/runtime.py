@@ -531,6 +531,7 @@ class Runtime:
                 progress(f"{tenant.name}: {step}")
 
         now = self.clock()
+        await self._first_cycle_start(tenant, now)  # recorded by the first cycle, whatever `orders_since` says
         phases = (
             ("PowerOffice", "products and invoices → Ongoing", self._poll_poweroffice),
             ("Ongoing stock", "stock → PowerOffice", self._poll_stock),
@@ -627,8 +628,9 @@ class Runtime:
         report.observed += result.observed
 
     async def _first_cycle_start(self, tenant: TenantSettings, now: datetime) -> datetime:
-        """`orders_since` defaults to the start of the tenant's first cycle: remembered in the log's cursors."""
-        key = "tenant.first_cycle"
+        """The start of the tenant's first cycle, remembered in the log's cursors (written by that cycle): the
+        default `orders_since`, and where freshness begins (`freshness.FIRST_CYCLE`)."""
+        key = freshness.FIRST_CYCLE
         seen = await self.log.cursor(key, tenant.name)
         if seen is not None:
             return datetime.fromisoformat(seen)
