@@ -50,6 +50,8 @@ STATE_WORDS = {
     "failed": "the last cycle failed (the event log, or a bug); the next one retries",
     "degraded": "a system looks down for this goods owner: sending paused, commands wait (none lost)",
     "starting": "no cycle has finished yet",
+    "elsewhere": "another worker runs it now: its page tells how it goes",
+    "unheld": "no worker holds it at the moment; a live worker takes it at its next heartbeat",
 }
 
 
@@ -285,6 +287,12 @@ def build_view(status: Status, log_view: LogView, now: datetime) -> PageView:
                 state = "quarantined"
             elif waiting or pending_by.get(ts.name):
                 state = "waiting"
+        if board is not None and ts.name not in board.running:
+            # What this worker last saw of a tenant it no longer runs (or never ran) is stale: say who runs it.
+            if board.held_elsewhere(ts.name) is not None:
+                state = "elsewhere"
+            elif board.holder(ts.name) == "unheld":
+                state = "unheld"
         rows.append(
             TenantRow(
                 name=ts.name,
@@ -365,6 +373,7 @@ th{background:#eef1f4;font-weight:600}td.n{text-align:right;font-variant-numeric
 .state{display:inline-block;padding:.05em .5em;border-radius:.8em;font-weight:600;color:#fff}
 .ok{background:#2e7d32}.waiting{background:#b26a00}.quarantined{background:#c62828}
 .refused{background:#6a1b9a}.failed{background:#b71c1c}.degraded{background:#e65100}.unreachable{background:#37474f}.starting{background:#607d8b}
+.elsewhere{background:#78909c}.unheld{background:#8d6e63}
 .muted{color:#5f6b76}.bad{color:#c62828;font-weight:600}
 .bar{width:20em;height:.9em;background:#e3e7eb;border-radius:.3em;overflow:hidden;display:inline-block;
 vertical-align:middle}.bar span{display:block;height:100%;background:#1565c0}
@@ -415,7 +424,7 @@ def _parse(text: str) -> datetime | None:
 
 
 def _summary(view: PageView) -> str:
-    bad = [t for t in view.tenants if t.state not in ("ok", "starting")]
+    bad = [t for t in view.tenants if t.state not in ("ok", "starting", "elsewhere", "unheld")]
     return "all ok" if not bad else ", ".join(f"{t.name} {t.state}" for t in bad)
 
 

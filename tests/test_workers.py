@@ -424,10 +424,16 @@ def test_readyz_livez_and_the_page_name_the_holder_and_count_only_tenants_held_h
         ("c", "unheld"),
     ]
     assert view.rate.limit == 5  # this worker's share of the key, not the key's whole rate
+    # What this worker last saw of b (a failure before the hand-over) and of c (nothing) is not their state now.
+    assert [(r.name, r.state) for r in view.tenants][1:] == [("b", "elsewhere"), ("c", "unheld")]
     page = render_page(view)
     assert "worker me1 (pid 10 on host-a) · 2 worker(s) live" in page
     assert "<th>held by" in page
     assert "<td>worker w2 (pid 20 on host-b)</td>" in page
+    assert "another worker runs it now" in page
+    # Not in the headline's list of problems either.
+    assert "b unreachable" not in page
+    assert "b elsewhere" not in page
 
 
 @needs_postgres
