@@ -111,8 +111,9 @@ def raw_open(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def raw_batch(conn: sqlite3.Connection, recorded: str, page: list[dict[str, Any]]) -> None:
-    """One page through raw executemany: the row tuples built and the payloads serialised inline."""
+def raw_batch(conn: sqlite3.Connection, recorded: str, page: list[dict[str, Any]], *, multi: bool = False) -> None:
+    """One page through raw executemany: the row tuples built and the payloads serialised inline. `multi` (for
+    reference only): the same rows through the log's own multi-row statements of 64."""
     rows = [
         (
             recorded,
@@ -128,7 +129,10 @@ def raw_batch(conn: sqlite3.Connection, recorded: str, page: list[dict[str, Any]
         for p in page
     ]
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(_INSERT, rows)
+    if multi:
+        _insert(conn, rows)
+    else:
+        conn.executemany(_INSERT, rows)
     conn.execute("COMMIT")
 
 
@@ -137,27 +141,6 @@ async def api_batch(log: SqliteEventLog, page: list[dict[str, Any]]) -> None:
     await log.append(
         [NewEvent("bench", f"product:{p['Id']}", ProductObserved(p), f"bench/product:{p['Id']}@1") for p in page]
     )
-
-
-def raw_multi_batch(conn: sqlite3.Connection, recorded: str, page: list[dict[str, Any]]) -> None:
-    """For reference only: the raw rows inserted as the log inserts them, in multi-row statements of 64."""
-    rows = [
-        (
-            recorded,
-            "bench",
-            f"product:{p['Id']}",
-            "product.observed",
-            1,
-            orjson.dumps({"product": p, "group": None}).decode(),
-            None,
-            None,
-            f"bench/product:{p['Id']}@1",
-        )
-        for p in page
-    ]
-    conn.execute("BEGIN IMMEDIATE")
-    _insert(conn, rows)
-    conn.execute("COMMIT")
 
 
 async def append_round(d: Path, round_: int, n: int, batch: int) -> tuple[float, float, float]:
@@ -179,7 +162,7 @@ async def append_round(d: Path, round_: int, n: int, batch: int) -> tuple[float,
                 if path == "raw":
                     raw_batch(conn, recorded, pages[path])
                 elif path == "multi":
-                    raw_multi_batch(multi, recorded, pages[path])
+                    raw_batch(multi, recorded, pages[path], multi=True)
                 else:
                     await api_batch(log, pages[path])
                 spent[path] += time.perf_counter() - t0
