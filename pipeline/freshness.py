@@ -139,12 +139,10 @@ async def first_cycles(log: AnyLog) -> dict[str, datetime]:
     return {str(tenant): datetime.fromisoformat(str(value)) for tenant, value in rows}
 
 
-async def after(log: EventLog, tenant: str, position: int) -> list[Sample]:
+async def after(log: EventLog, tenant: str, position: int, *, watched: datetime | None) -> list[Sample]:
     """The freshness of each delivery of `tenant` recorded after `position` (a cycle's), through the log's own
-    reads (any `EventLog`)."""
+    reads (any `EventLog`); changes from before `watched` (the tenant's first cycle start) are left out."""
     out = []
-    first = await log.cursor(FIRST_CYCLE, tenant)
-    watched = datetime.fromisoformat(first) if first else None
     head = await log.max_position()  # a cycle that appended nothing reads nothing
     async for success in log.read(after=position, upto=head, tenant=tenant, types=[CommandSucceeded.TYPE]):
         command = await log.get(success.causation) if success.causation else None

@@ -255,6 +255,8 @@ class Runtime:
             t.name: TenantState(t.name, self.interval_of(t)) for t in settings.tenants
         }
         self.breakers = Breakers()  # the senders' circuit breakers: a cool-down spans cycles
+        # Each tenant's first cycle start (`freshness.FIRST_CYCLE`), once read or written: it never changes.
+        self._first_cycles: dict[str, datetime] = {}
         # On PostgreSQL: this process's worker registration and tenant leases (`pipeline.workers`); None on SQLite.
         self.workers: Workers | None = None
 
@@ -441,7 +443,9 @@ class Runtime:
         try:
             head = await self.log.max_position()
             await self.tenant_cycle(tenant, report, expired=expired, stopping=stop.is_set, progress=progress)
-            report.freshness = [(s.kind, s.seconds) for s in await freshness.after(self.log, name, head)]
+            watched = self._first_cycles.get(name)
+            samples = await freshness.after(self.log, name, head, watched=watched)
+            report.freshness = [(s.kind, s.seconds) for s in samples]
             # A cycle cut by its deadline left deliveries on their way: comparing the sides now would report them.
             if self.command == "run" and not stop.is_set() and not report.deadline_reached:
                 reconciled = await self.reconcile_if_due(tenant)
@@ -630,9 +634,12 @@ class Runtime:
     async def _first_cycle_start(self, tenant: TenantSettings, now: datetime) -> datetime:
         """The start of the tenant's first cycle, remembered in the log's cursors (written by that cycle): the
         default `orders_since`, and where freshness begins (`freshness.FIRST_CYCLE`)."""
+        known = self._first_cycles.get(tenant.name)
+        if known is not None:
+            return known
         key = freshness.FIRST_CYCLE
         seen = await self.log.cursor(key, tenant.name)
-        if seen is not None:
-            return datetime.fromisoformat(seen)
-        await self.log.append([], cursors={(key, tenant.name): now.isoformat()})
-        return now
+        if seen is None:
+            await self.log.append([], cursors={(key, tenant.name): now.isoformat()})
+        first = self._first_cycles[tenant.name] = datetime.fromisoformat(seen) if seen is not None else now
+        return first
