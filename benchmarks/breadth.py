@@ -39,6 +39,7 @@ import argparse
 import collections
 import contextlib
 import cProfile
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -61,8 +62,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import anyio
 
 from pipeline.clients.ratelimit import max_in_window
-from pipeline.config import OngoingSettings, PowerOfficeSettings, Secret, Settings, TenantSettings
-from pipeline.fakes.world import APPLICATION_KEY, ONGOING_PASSWORD, ONGOING_USER, SUBSCRIPTION_KEY, fake_world
+from pipeline.config import Settings
+from pipeline.fakes.world import (
+    APPLICATION_KEY,
+    ONGOING_PASSWORD,
+    ONGOING_USER,
+    SUBSCRIPTION_KEY,
+    fake_settings,
+    fake_world,
+)
 from pipeline.runtime import CycleReport, Runtime
 
 INTERVAL = 86_400.0  # the workers' interval: no cycle starts on its own after the first; SIGHUP starts the next
@@ -158,30 +166,16 @@ def fakes(args: argparse.Namespace, now: datetime) -> Iterator[Fakes]:
 
 
 def settings_for(world: dict[str, Any], database: str | Path, rps: float) -> Settings:
-    return Settings(
-        database=database,
-        interval_seconds=INTERVAL,
-        poweroffice=PowerOfficeSettings(
-            api_url=f"{world['poweroffice']}/v2",
-            token_url=f"{world['poweroffice']}/OAuth/Token",
-            application_key=Secret(APPLICATION_KEY),
-            subscription_key=Secret(SUBSCRIPTION_KEY),
-            requests_per_second=rps,
-            timeout_seconds=30.0,
-        ),
-        ongoing=OngoingSettings(
-            api_url=world["ongoing"], username=ONGOING_USER, password=Secret(ONGOING_PASSWORD), timeout_seconds=30.0
-        ),
-        tenants=tuple(
-            TenantSettings(
-                name=name,
-                poweroffice_client_key=Secret(key),
-                ongoing_goods_owner_id=owner,
-                orders_since=world["orders_since"],
-            )
-            for name, key, owner in world["tenants"]
-        ),
+    settings = fake_settings(
+        database,
+        world["poweroffice"],
+        world["ongoing"],
+        world["tenants"],
+        orders_since=world["orders_since"],
+        requests_per_second=rps,
+        timeout_seconds=30.0,
     )
+    return dataclasses.replace(settings, interval_seconds=INTERVAL)
 
 
 def config_toml(world: dict[str, Any], database: str, rps: float) -> str:

@@ -42,7 +42,7 @@ from typing import Any
 
 import anyio
 
-from pipeline.config import OngoingSettings, PowerOfficeSettings, Secret, Settings, TenantSettings
+from pipeline.config import Settings
 from pipeline.eventlog.base import NewEvent
 from pipeline.eventlog.sqlite import SqliteEventLog
 from pipeline.events import (
@@ -56,7 +56,7 @@ from pipeline.events import (
     StockObserved,
     StockPatchRequested,
 )
-from pipeline.fakes.world import APPLICATION_KEY, ONGOING_PASSWORD, ONGOING_USER, SUBSCRIPTION_KEY, fake_world
+from pipeline.fakes.world import fake_settings, fake_world
 from pipeline.runtime import Runtime
 
 RATE = 100_000.0  # requests per second at the fake and the limiter: the benchmark measures the pipeline, not pacing
@@ -121,28 +121,15 @@ def fakes(tenants: int, products: int, invoices: int, now: datetime) -> Iterator
 
 
 def settings_for(world: dict[str, Any], database: Path) -> Settings:
-    return Settings(
-        database=database,
-        poweroffice=PowerOfficeSettings(
-            api_url=f"{world['poweroffice']}/v2",
-            token_url=f"{world['poweroffice']}/OAuth/Token",
-            application_key=Secret(APPLICATION_KEY),
-            subscription_key=Secret(SUBSCRIPTION_KEY),
-            requests_per_second=RATE,
-            timeout_seconds=30.0,
-        ),
-        ongoing=OngoingSettings(
-            api_url=world["ongoing"], username=ONGOING_USER, password=Secret(ONGOING_PASSWORD), timeout_seconds=30.0
-        ),
-        tenants=tuple(
-            TenantSettings(
-                name=name,
-                poweroffice_client_key=Secret(key),
-                ongoing_goods_owner_id=owner,
-                orders_since=world["orders_since"],
-            )
-            for name, key, owner, _ in world["tenants"]
-        ),
+    tenants = [(name, key, owner) for name, key, owner, _ in world["tenants"]]
+    return fake_settings(
+        database,
+        world["poweroffice"],
+        world["ongoing"],
+        tenants,
+        orders_since=world["orders_since"],
+        requests_per_second=RATE,
+        timeout_seconds=30.0,
     )
 
 

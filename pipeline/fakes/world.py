@@ -10,7 +10,7 @@ Each tenant is one PowerOffice company (its own client key, generated data) and 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +42,48 @@ class FakeTenant:
     company: Company
 
 
+def fake_settings(
+    database: str | Path,
+    poweroffice_origin: str,
+    ongoing_url: str,
+    tenants: Iterable[tuple[str, str, int]],
+    *,
+    orders_since: datetime | None,
+    requests_per_second: float = 10.0,
+    timeout_seconds: float = 10.0,
+    tenant_overrides: Mapping[str, object] | None = None,
+) -> Settings:
+    """Settings pointing the real pipeline at fakes served at these addresses, for `tenants` given as (name, client
+    key, goods owner id): for a `World` here, or for fakes served by another process (the benchmarks)."""
+    return Settings(
+        database=database,
+        poweroffice=PowerOfficeSettings(
+            api_url=f"{poweroffice_origin}/v2",
+            token_url=f"{poweroffice_origin}/OAuth/Token",
+            application_key=Secret(APPLICATION_KEY),
+            subscription_key=Secret(SUBSCRIPTION_KEY),
+            requests_per_second=requests_per_second,
+            timeout_seconds=timeout_seconds,
+        ),
+        ongoing=OngoingSettings(
+            api_url=ongoing_url,
+            username=ONGOING_USER,
+            password=Secret(ONGOING_PASSWORD),
+            timeout_seconds=timeout_seconds,
+        ),
+        tenants=tuple(
+            TenantSettings(
+                name=name,
+                poweroffice_client_key=Secret(key),
+                ongoing_goods_owner_id=owner,
+                orders_since=orders_since,
+                **(tenant_overrides or {}),  # type: ignore[arg-type]
+            )
+            for name, key, owner in tenants
+        ),
+    )
+
+
 @dataclass
 class World:
     poweroffice: FakePowerOffice
@@ -56,32 +98,14 @@ class World:
 
     def settings(self, database: Path, *, requests_per_second: float = 10.0, **tenant_overrides: object) -> Settings:
         """Settings pointing the real pipeline at these fakes."""
-        return Settings(
-            database=database,
-            poweroffice=PowerOfficeSettings(
-                api_url=f"{self.poweroffice_origin}/v2",
-                token_url=f"{self.poweroffice_origin}/OAuth/Token",
-                application_key=Secret(APPLICATION_KEY),
-                subscription_key=Secret(SUBSCRIPTION_KEY),
-                requests_per_second=requests_per_second,
-                timeout_seconds=10.0,
-            ),
-            ongoing=OngoingSettings(
-                api_url=self.ongoing_url,
-                username=ONGOING_USER,
-                password=Secret(ONGOING_PASSWORD),
-                timeout_seconds=10.0,
-            ),
-            tenants=tuple(
-                TenantSettings(
-                    name=t.name,
-                    poweroffice_client_key=Secret(t.client_key),
-                    ongoing_goods_owner_id=t.goods_owner_id,
-                    orders_since=self.orders_since,
-                    **tenant_overrides,  # type: ignore[arg-type]
-                )
-                for t in self.tenants
-            ),
+        return fake_settings(
+            database,
+            self.poweroffice_origin,
+            self.ongoing_url,
+            [(t.name, t.client_key, t.goods_owner_id) for t in self.tenants],
+            orders_since=self.orders_since,
+            requests_per_second=requests_per_second,
+            tenant_overrides=tenant_overrides,
         )
 
     def config_toml(
