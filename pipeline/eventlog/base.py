@@ -101,6 +101,49 @@ def flag_group(types: Collection[str], newest_of: Collection[str]) -> str | None
 
 
 @dataclass(frozen=True, slots=True)
+class Derived:
+    """A table derived from `events` (kept by triggers as events are appended): what it holds, as a query both
+    stores run, so `rebuild-heads` can count its wrong rows and rebuild it."""
+
+    table: str
+    key: str  # the columns naming a row
+    columns: str  # all its columns, in the query's order
+    query: str
+
+    def rebuild(self) -> tuple[str, str, str, str]:
+        """The statements that count the rows missing, stale or extra; empty the table; fill it; count it."""
+        kept = f"SELECT {self.columns} FROM {self.table}"
+        wrong = (
+            f"SELECT count(*) FROM (SELECT {self.key} FROM ({self.query} EXCEPT {kept}) a UNION"
+            f" SELECT {self.key} FROM ({kept} EXCEPT {self.query}) b) c"
+        )
+        fill = f"INSERT INTO {self.table} ({self.columns}) {self.query}"
+        return wrong, f"DELETE FROM {self.table}", fill, f"SELECT count(*) FROM {self.table}"
+
+
+# In rebuild order: the flags follow from the heads.
+DERIVED_TABLES = (
+    Derived(
+        "entity_heads",
+        "tenant, type, entity",
+        "tenant, type, entity, position",
+        "SELECT tenant, type, entity, max(position) FROM events GROUP BY tenant, type, entity",
+    ),
+    Derived(
+        "entity_flags",
+        "tenant, grp, entity",
+        "tenant, grp, entity, type, position",
+        "SELECT n.tenant, n.grp, n.entity, e.type, n.position"
+        " FROM (SELECT h.tenant, g.grp, h.entity, max(h.position) AS position"
+        " FROM entity_heads h JOIN flag_groups g ON g.type = h.type GROUP BY h.tenant, g.grp, h.entity) n"
+        " JOIN events e ON e.position = n.position"
+        " JOIN flag_groups f ON f.grp = n.grp AND f.type = e.type"
+        " WHERE f.flag",
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
 class AppendResult:
     appended: int
     skipped: int

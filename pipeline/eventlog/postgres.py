@@ -31,7 +31,15 @@ from typing import Any
 import anyio
 
 from pipeline.errors import SchemaVersionError, StoreError
-from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent, flag_group
+from pipeline.eventlog.base import (
+    DERIVED_TABLES,
+    AppendResult,
+    CheckpointMoves,
+    CursorMoves,
+    NewEvent,
+    StoredEvent,
+    flag_group,
+)
 from pipeline.eventlog.paging import nothing, read_ahead
 from pipeline.eventlog.rows import decode_rows, encode_columns
 from pipeline.eventlog.sqlite import HeadsRebuilt
@@ -167,15 +175,6 @@ CREATE TRIGGER events_keep_flags AFTER INSERT ON events
 """
 
 # `entity_flags` as derived from `entity_heads` (so from `events`), as the migration builds it.
-_DERIVED_FLAGS = (
-    "SELECT n.tenant, n.grp, n.entity, e.type, n.position"
-    " FROM (SELECT h.tenant, g.grp, h.entity, max(h.position) AS position"
-    " FROM entity_heads h JOIN flag_groups g ON g.type = h.type GROUP BY h.tenant, g.grp, h.entity) n"
-    " JOIN events e ON e.position = n.position"
-    " JOIN flag_groups f ON f.grp = n.grp AND f.type = e.type"
-    " WHERE f.flag"
-)
-
 # MIGRATIONS[i] brings a database from version i to i + 1. Append new entries; never edit old ones.
 MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -404,31 +403,21 @@ class PostgresEventLog:
     async def rebuild_heads(self) -> HeadsRebuilt:
         """Rebuild `entity_heads` (and `entity_flags` from it) from `events` in one transaction; say how many rows
         were wrong or missing."""
-        derived = "SELECT tenant, type, entity, max(position) FROM events GROUP BY tenant, type, entity"
-        kept = "SELECT tenant, type, entity, position FROM entity_heads"
+        wrong, counts = 0, []
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
-                wrong = await conn.fetchval(
-                    f"SELECT count(*) FROM (SELECT tenant, type, entity FROM ({derived} EXCEPT {kept}) a UNION"
-                    f" SELECT tenant, type, entity FROM ({kept} EXCEPT {derived}) b) c"
-                )
-                await conn.execute("DELETE FROM entity_heads")
-                await conn.execute(f"INSERT INTO entity_heads (tenant, type, entity, position) {derived}")
-                heads = await conn.fetchval("SELECT count(*) FROM entity_heads")
-                # The flags follow from the heads just rebuilt.
-                kept = "SELECT tenant, grp, entity, type, position FROM entity_flags"
-                wrong += await conn.fetchval(
-                    f"SELECT count(*) FROM (SELECT tenant, grp, entity FROM ({_DERIVED_FLAGS} EXCEPT {kept}) a UNION"
-                    f" SELECT tenant, grp, entity FROM ({kept} EXCEPT {_DERIVED_FLAGS}) b) c"
-                )
-                await conn.execute("DELETE FROM entity_flags")
-                await conn.execute(f"INSERT INTO entity_flags (tenant, grp, entity, type, position) {_DERIVED_FLAGS}")
-                flags = await conn.fetchval("SELECT count(*) FROM entity_flags")
+                for derived in DERIVED_TABLES:
+                    count_wrong, empty, fill, count = derived.rebuild()
+                    wrong += await conn.fetchval(count_wrong)
+                    await conn.execute(empty)
+                    await conn.execute(fill)
+                    counts.append(await conn.fetchval(count))
         except Exception as exc:
             if _is_store_error(exc):
                 raise StoreError(f"rebuilding entity_heads in {self.path} failed: {exc}") from exc
             raise
+        heads, flags = counts
         return HeadsRebuilt(int(heads), int(wrong), int(flags))
 
     # ------------------------------------------------------------------------------------------------ reading

@@ -35,7 +35,15 @@ import anyio
 import anyio.lowlevel
 
 from pipeline.errors import SchemaVersionError, StoreError
-from pipeline.eventlog.base import AppendResult, CheckpointMoves, CursorMoves, NewEvent, StoredEvent, flag_group
+from pipeline.eventlog.base import (
+    DERIVED_TABLES,
+    AppendResult,
+    CheckpointMoves,
+    CursorMoves,
+    NewEvent,
+    StoredEvent,
+    flag_group,
+)
 from pipeline.eventlog.paging import nothing, read_ahead
 from pipeline.eventlog.rows import decode_rows, encode_columns
 
@@ -166,20 +174,6 @@ END;
 
 # `entity_flags` as derived from `entity_heads` (so from `events`): per (tenant, group, entity) the newest member
 # event, kept when it is a flag.
-_DERIVED_FLAGS = (
-    "SELECT n.tenant, n.grp, n.entity, e.type, n.position"
-    " FROM (SELECT h.tenant, g.grp, h.entity, max(h.position) AS position"
-    " FROM entity_heads h JOIN flag_groups g ON g.type = h.type GROUP BY h.tenant, g.grp, h.entity) n"
-    " JOIN events e ON e.position = n.position"
-    " JOIN flag_groups f ON f.grp = n.grp AND f.type = e.type"
-    " WHERE f.flag"
-)
-
-_REBUILD_HEADS = (
-    "INSERT INTO entity_heads (tenant, type, entity, position)"
-    " SELECT tenant, type, entity, max(position) FROM events GROUP BY tenant, type, entity"
-)
-
 # MIGRATIONS[i] brings a database from user_version i to i + 1. Append new entries; never edit old ones.
 MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -493,30 +487,20 @@ class HeadsRebuilt:
 def _rebuild_heads_tx(conn: sqlite3.Connection) -> HeadsRebuilt:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        derived = "SELECT " + _REBUILD_HEADS.split(" SELECT ", 1)[1]
-        kept = "SELECT tenant, type, entity, position FROM entity_heads"
-        (wrong,) = conn.execute(
-            f"SELECT count(*) FROM (SELECT tenant, type, entity FROM ({derived} EXCEPT {kept}) UNION"
-            f" SELECT tenant, type, entity FROM ({kept} EXCEPT {derived}))"
-        ).fetchone()
-        conn.execute("DELETE FROM entity_heads")
-        conn.execute(_REBUILD_HEADS)
-        (heads,) = conn.execute("SELECT count(*) FROM entity_heads").fetchone()
-        # The flags follow from the heads just rebuilt.
-        kept = "SELECT tenant, grp, entity, type, position FROM entity_flags"
-        (wrong_flags,) = conn.execute(
-            f"SELECT count(*) FROM (SELECT tenant, grp, entity FROM ({_DERIVED_FLAGS} EXCEPT {kept}) UNION"
-            f" SELECT tenant, grp, entity FROM ({kept} EXCEPT {_DERIVED_FLAGS}))"
-        ).fetchone()
-        conn.execute("DELETE FROM entity_flags")
-        conn.execute(f"INSERT INTO entity_flags (tenant, grp, entity, type, position) {_DERIVED_FLAGS}")
-        (flags,) = conn.execute("SELECT count(*) FROM entity_flags").fetchone()
+        wrong, counts = 0, []
+        for derived in DERIVED_TABLES:
+            count_wrong, empty, fill, count = derived.rebuild()
+            wrong += conn.execute(count_wrong).fetchone()[0]
+            conn.execute(empty)
+            conn.execute(fill)
+            counts.append(conn.execute(count).fetchone()[0])
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return HeadsRebuilt(int(heads), int(wrong) + int(wrong_flags), int(flags))
+    heads, flags = counts
+    return HeadsRebuilt(int(heads), int(wrong), int(flags))
 
 
 def _split(script: str) -> list[str]:
